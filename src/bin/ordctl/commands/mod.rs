@@ -1,0 +1,54 @@
+//! One module per subcommand: an `Args` struct (its clap doc comments are
+//! the help text) and a `run` that calls one library function and prints.
+
+mod migrate;
+mod place_order;
+mod relay;
+mod seed;
+mod status;
+mod worker;
+
+use ordctl::config::Settings;
+use ordctl::messaging::topology::Topology;
+use ordctl::pipeline;
+use ordctl::shutdown::Shutdown;
+
+/// What every subcommand gets: validated settings and the output mode.
+pub struct Ctx {
+    pub settings: Settings,
+    pub json: bool,
+}
+
+impl Ctx {
+    pub fn topology(&self) -> Topology {
+        pipeline::topology(self.settings.namespace.clone())
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    Migrate(migrate::Args),
+    Seed(seed::Args),
+    PlaceOrder(place_order::Args),
+    Relay(relay::Args),
+    Worker(worker::Args),
+    Status(status::Args),
+}
+
+impl Command {
+    /// Whether SIGINT/SIGTERM should finish in-flight work rather than kill.
+    pub fn stops_gracefully(&self) -> bool {
+        matches!(self, Self::Worker(_) | Self::Relay(_))
+    }
+
+    pub fn run(self, ctx: &Ctx, shutdown: &Shutdown) -> anyhow::Result<()> {
+        match self {
+            Self::Migrate(args) => args.run(ctx),
+            Self::Seed(args) => args.run(ctx),
+            Self::PlaceOrder(args) => args.run(ctx),
+            Self::Relay(args) => args.run(ctx, shutdown),
+            Self::Worker(args) => args.run(ctx, shutdown),
+            Self::Status(args) => args.run(ctx),
+        }
+    }
+}

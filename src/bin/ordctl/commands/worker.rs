@@ -1,0 +1,54 @@
+//! `ordctl worker`
+
+use std::time::Duration;
+
+use ordctl::messaging::consumer::RunOptions;
+use ordctl::pipeline::worker::{self, WorkerOptions};
+use ordctl::shutdown::Shutdown;
+
+use super::Ctx;
+
+/// Consume order events and send confirmation emails until SIGINT/SIGTERM.
+///
+/// Also runs the outbox relay unless --no-relay. Example:
+/// `ordctl worker --concurrency 8 --exit-when-idle 3`
+#[derive(clap::Args)]
+pub struct Args {
+    /// Messages handled at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+
+    /// Attempts before a transiently failing message is dead-lettered.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: u32,
+
+    /// Do not run the outbox relay in this process.
+    #[arg(long)]
+    no_relay: bool,
+
+    /// Exit 0 after this many seconds with nothing to do (for scripts and CI).
+    #[arg(long, value_name = "SECS")]
+    exit_when_idle: Option<f64>,
+}
+
+impl Args {
+    pub fn run(self, ctx: &Ctx, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let exit_when_idle = self
+            .exit_when_idle
+            .map(|secs| {
+                Duration::try_from_secs_f64(secs).map_err(|_| {
+                    ordctl::error::InvalidInput::new(format!("invalid --exit-when-idle {secs}"))
+                })
+            })
+            .transpose()?;
+        let options = WorkerOptions {
+            consumer: RunOptions {
+                concurrency: self.concurrency,
+                max_attempts: self.max_attempts,
+            },
+            relay: !self.no_relay,
+            exit_when_idle,
+        };
+        worker::run(&ctx.settings, &ctx.topology(), &options, shutdown)
+    }
+}

@@ -1,0 +1,133 @@
+//! PostgreSQL: connections, the embedded migrations, and one repository
+//! module per table. Repository functions take `&mut PgConnection` so the
+//! caller owns the transaction.
+
+pub mod models;
+pub mod notifications;
+pub mod orders;
+pub mod outbox;
+pub mod schema;
+pub mod users;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool};
+use diesel::sql_types::{BigInt, Text};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use url::Url;
+
+use crate::config::redact;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+
+/// Opens one connection; the error names the (masked) URL.
+pub fn connect(url: &Url) -> anyhow::Result<PgConnection> {
+    PgConnection::establish(url.as_str())
+        .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))
+}
+
+/// A pool of up to `size` connections, checked on creation so an
+/// unreachable server fails fast with its cause.
+pub fn pool(url: &Url, size: u32) -> anyhow::Result<PgPool> {
+    Pool::builder()
+        .max_size(size)
+        .min_idle(Some(1))
+        .connection_timeout(Duration::from_secs(10))
+        .build(ConnectionManager::new(url.as_str()))
+        .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))
+}
+
+/// Creates the database named in `url` unless it exists, connecting to the
+/// server's `postgres` maintenance database. Returns whether it was created.
+pub fn create_database_if_missing(url: &Url) -> anyhow::Result<bool> {
+    let name = database_name(url)?;
+    let mut admin_url = url.clone();
+    admin_url.set_path("/postgres");
+    let mut conn = connect(&admin_url)?;
+
+    #[derive(QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let found: Found =
+        diesel::sql_query("SELECT count(*) AS n FROM pg_database WHERE datname = $1")
+            .bind::<Text, _>(&name)
+            .get_result(&mut conn)
+            .context("looking up the database")?;
+    if found.n > 0 {
+        return Ok(false);
+    }
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match diesel::sql_query(format!("CREATE DATABASE {quoted}")).execute(&mut conn) {
+        Ok(_) => Ok(true),
+        // Another `migrate` created it a moment ago: that is what we wanted.
+        Err(e)
+            if e.to_string().contains("already exists")
+                || e.to_string().contains("pg_database_datname_index") =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e).with_context(|| format!("creating database {quoted}")),
+    }
+}
+
+/// Drops the database named in `url` if it exists (used by tests and
+/// benchmarks that create throw-away databases).
+pub fn drop_database(url: &Url) -> anyhow::Result<()> {
+    let name = database_name(url)?;
+    let mut admin_url = url.clone();
+    admin_url.set_path("/postgres");
+    let mut conn = connect(&admin_url)?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+        .execute(&mut conn)
+        .with_context(|| format!("dropping database {quoted}"))?;
+    Ok(())
+}
+
+fn database_name(url: &Url) -> anyhow::Result<String> {
+    let name = url.path().trim_start_matches('/');
+    anyhow::ensure!(
+        !name.is_empty(),
+        "the database URL {} names no database",
+        redact(url)
+    );
+    Ok(url::form_urlencoded::parse(format!("n={name}").as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default())
+}
+
+/// Applies pending migrations and returns their names. An advisory lock
+/// makes concurrent `ordctl migrate` runs wait for each other instead of
+/// racing on the same DDL.
+pub fn run_migrations(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
+    const LOCK_KEY: i64 = 0x6f72_6463_746c; // "ordctl"
+    diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<BigInt, _>(LOCK_KEY)
+        .execute(conn)?;
+    let applied = apply_pending(conn).context("applying migrations");
+    diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<BigInt, _>(LOCK_KEY)
+        .execute(conn)?;
+    applied
+}
+
+fn apply_pending(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
+    let pending = conn
+        .pending_migrations(MIGRATIONS)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let mut applied = Vec::with_capacity(pending.len());
+    for migration in pending {
+        let name = migration.name().to_string();
+        conn.run_migration(&*migration)
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        applied.push(name);
+    }
+    Ok(applied)
+}

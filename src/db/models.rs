@@ -1,0 +1,85 @@
+//! Rows as read from and written to the tables: `Queryable` read structs and
+//! borrowed `Insertable` structs, one pair per table.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::schema::{notifications, orders, outbox, users};
+
+#[derive(Clone, Debug, Queryable, Selectable, Serialize, Deserialize, PartialEq, Eq)]
+#[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub email: String,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = users)]
+pub struct NewUser<'a> {
+    pub name: &'a str,
+    pub email: &'a str,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = orders, check_for_backend(diesel::pg::Pg))]
+pub struct Order {
+    pub id: i64,
+    pub user_id: i64,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = orders)]
+pub struct NewOrderRow<'a> {
+    pub user_id: i64,
+    pub amount_minor: i64,
+    pub currency: &'a str,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = outbox, check_for_backend(diesel::pg::Pg))]
+pub struct OutboxRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub order_id: i64,
+    pub routing_key: String,
+    pub payload: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = outbox)]
+pub struct NewOutboxRow<'a> {
+    pub event_id: Uuid,
+    pub order_id: i64,
+    pub routing_key: &'a str,
+    pub payload: &'a serde_json::Value,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Serialize)]
+#[diesel(table_name = notifications, check_for_backend(diesel::pg::Pg))]
+pub struct Notification {
+    pub event_id: Uuid,
+    pub order_id: i64,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub smtp_reply: Option<String>,
+    pub message_id: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = notifications)]
+pub struct NewNotification<'a> {
+    pub event_id: Uuid,
+    pub order_id: i64,
+    pub status: &'a str,
+    pub message_id: &'a str,
+}

@@ -1,0 +1,81 @@
+//! The `notifications` table: the delivery log, one row per event.
+
+use diesel::dsl::now;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
+use uuid::Uuid;
+
+use super::models::{NewNotification, Notification};
+use super::schema::notifications;
+
+pub const PENDING: &str = "pending";
+pub const SENT: &str = "sent";
+pub const RETRYING: &str = "retrying";
+pub const DEAD: &str = "dead";
+
+/// Creates the event's row if needed and locks it until the transaction
+/// ends. A second worker handling the same event waits here, then sees
+/// `sent` and sends nothing.
+pub fn lock_for_delivery(
+    conn: &mut PgConnection,
+    row: &NewNotification<'_>,
+) -> QueryResult<Notification> {
+    diesel::insert_into(notifications::table)
+        .values(row)
+        .on_conflict(notifications::event_id)
+        .do_update()
+        .set(notifications::updated_at.eq(now))
+        .returning(Notification::as_returning())
+        .get_result(conn)
+}
+
+pub fn mark_sent(conn: &mut PgConnection, event_id: Uuid, smtp_reply: &str) -> QueryResult<usize> {
+    diesel::update(notifications::table.filter(notifications::event_id.eq(event_id)))
+        .set((
+            notifications::status.eq(SENT),
+            notifications::attempts.eq(notifications::attempts + 1),
+            notifications::smtp_reply.eq(smtp_reply),
+            notifications::sent_at.eq(now),
+            notifications::updated_at.eq(now),
+        ))
+        .execute(conn)
+}
+
+/// Records a failed attempt (`retrying` or `dead`) outside the delivery
+/// transaction, which was rolled back. Never downgrades a `sent` row.
+pub fn record_failure(
+    conn: &mut PgConnection,
+    row: &NewNotification<'_>,
+    error: &str,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "INSERT INTO notifications (event_id, order_id, status, message_id, attempts, last_error) \
+         VALUES ($1, $2, $3, $4, 1, $5) \
+         ON CONFLICT (event_id) DO UPDATE SET status = EXCLUDED.status, \
+             attempts = notifications.attempts + 1, last_error = EXCLUDED.last_error, updated_at = now() \
+         WHERE notifications.status <> 'sent'",
+    )
+    .bind::<SqlUuid, _>(row.event_id)
+    .bind::<BigInt, _>(row.order_id)
+    .bind::<Text, _>(row.status)
+    .bind::<Text, _>(row.message_id)
+    .bind::<Text, _>(error)
+    .execute(conn)
+}
+
+pub fn find(conn: &mut PgConnection, event_id: Uuid) -> QueryResult<Option<Notification>> {
+    notifications::table
+        .filter(notifications::event_id.eq(event_id))
+        .select(Notification::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Delivery counts by status, e.g. `[("sent", 41), ("dead", 1)]`.
+pub fn count_by_status(conn: &mut PgConnection) -> QueryResult<Vec<(String, i64)>> {
+    notifications::table
+        .group_by(notifications::status)
+        .select((notifications::status, diesel::dsl::count_star()))
+        .order(notifications::status)
+        .load(conn)
+}

@@ -1,0 +1,69 @@
+//! The `outbox` table: events committed with their order, waiting to be
+//! published.
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::{count_star, min, now};
+use diesel::prelude::*;
+
+use super::models::{NewOutboxRow, OutboxRow};
+use super::schema::outbox;
+
+/// The Postgres channel the insert trigger notifies (see the migration).
+pub const CHANNEL: &str = "outbox_inserted";
+
+pub fn insert(conn: &mut PgConnection, row: &NewOutboxRow<'_>) -> QueryResult<OutboxRow> {
+    diesel::insert_into(outbox::table)
+        .values(row)
+        .returning(OutboxRow::as_returning())
+        .get_result(conn)
+}
+
+/// Locks up to `limit` unpublished rows, oldest first, skipping rows another
+/// relay holds: concurrent relays never publish the same row at once. Must
+/// run inside a transaction; the locks last until it ends.
+pub fn claim_unpublished(conn: &mut PgConnection, limit: i64) -> QueryResult<Vec<OutboxRow>> {
+    outbox::table
+        .filter(outbox::published_at.is_null())
+        .order(outbox::id)
+        .limit(limit)
+        .for_update()
+        .skip_locked()
+        .select(OutboxRow::as_select())
+        .load(conn)
+}
+
+/// Locks one row, waiting for a relay that holds it to finish, so the caller
+/// sees whether that relay published it.
+pub fn lock(conn: &mut PgConnection, id: i64) -> QueryResult<OutboxRow> {
+    outbox::table
+        .find(id)
+        .for_update()
+        .select(OutboxRow::as_select())
+        .first(conn)
+}
+
+pub fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
+    diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
+        .set((
+            outbox::published_at.eq(now),
+            outbox::last_error.eq(None::<String>),
+        ))
+        .execute(conn)
+}
+
+pub fn record_failure(conn: &mut PgConnection, ids: &[i64], error: &str) -> QueryResult<usize> {
+    diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
+        .set((
+            outbox::attempts.eq(outbox::attempts + 1),
+            outbox::last_error.eq(error),
+        ))
+        .execute(conn)
+}
+
+/// How many rows wait to be published, and since when the oldest one.
+pub fn pending(conn: &mut PgConnection) -> QueryResult<(i64, Option<DateTime<Utc>>)> {
+    outbox::table
+        .filter(outbox::published_at.is_null())
+        .select((count_star(), min(outbox::created_at)))
+        .first(conn)
+}

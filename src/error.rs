@@ -1,0 +1,20 @@
+//! The error kinds callers branch on; everything else is `anyhow`.
+
+/// Bad input from the user: a flag, an id, an amount, a URL. The binary
+/// exits 2 with this one-line message, and nothing has been written.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+impl InvalidInput {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// Returns the `InvalidInput` somewhere in an error's chain, if any.
+pub fn invalid_input(error: &anyhow::Error) -> Option<&InvalidInput> {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<InvalidInput>())
+}

@@ -1,0 +1,394 @@
+//! The consumer runtime: consumes a work queue with manual acks, runs a
+//! [`Handler`] on each message, and routes failures — transient ones to a
+//! delayed retry queue, permanent or exhausted ones to the dead-letter queue
+//! — always publishing (confirmed) before acking, so nothing is lost.
+//! Reconnects with backoff when the broker goes away.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use amiquip::{
+    AmqpProperties, AmqpValue, Channel, ConsumerMessage, ConsumerOptions, Delivery, FieldTable,
+};
+use anyhow::{bail, Context};
+use chrono::Utc;
+use crossbeam_channel::RecvTimeoutError;
+use url::Url;
+
+use super::topology::{ConsumerSpec, Topology};
+use super::{connect, header_int, header_str, Confirms, Outgoing};
+use crate::shutdown::Shutdown;
+
+/// Headers this tool stamps on retried and dead-lettered messages. The
+/// broker's own `x-death` is never relied on.
+pub mod headers {
+    pub const ATTEMPTS: &str = "x-ordctl-attempts";
+    pub const FAILURE: &str = "x-ordctl-failure";
+    pub const LAST_ERROR: &str = "x-ordctl-last-error";
+    pub const FIRST_FAILED_AT: &str = "x-ordctl-first-failed-at";
+    pub const LAST_FAILED_AT: &str = "x-ordctl-last-failed-at";
+    pub const ORIGINAL_EXCHANGE: &str = "x-ordctl-original-exchange";
+    pub const ORIGINAL_ROUTING_KEY: &str = "x-ordctl-original-routing-key";
+    pub const QUEUE: &str = "x-ordctl-queue";
+    pub const REPLAYS: &str = "x-ordctl-replays";
+}
+
+/// Why a message could not be handled; decides retry versus dead letter.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// Might work later: a service unreachable, an SMTP 4xx, a timeout.
+    #[error("{0:#}")]
+    Transient(anyhow::Error),
+    /// Will never work: a malformed event, an unknown user, an SMTP 5xx.
+    #[error("{0:#}")]
+    Permanent(anyhow::Error),
+}
+
+impl HandleError {
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Transient(_) => "transient",
+            Self::Permanent(_) => "permanent",
+        }
+    }
+}
+
+/// A message as the handler sees it.
+pub struct Message<'a> {
+    pub body: &'a [u8],
+    pub message_id: Option<&'a str>,
+    /// 1 for the first attempt, then one more per retry.
+    pub attempt: u32,
+}
+
+/// What happened to a failed message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    Retrying { delay: Duration },
+    DeadLettered,
+}
+
+/// One consumer of the pipeline (notifications today; payment and inventory
+/// come next). Implementations must be idempotent: a message can arrive
+/// twice.
+pub trait Handler: Send + Sync {
+    fn spec(&self) -> ConsumerSpec;
+
+    fn handle(&self, message: &Message<'_>) -> Result<(), HandleError>;
+
+    /// Called after a failure was routed (retry or dead letter), before the
+    /// message is acked, e.g. to write a delivery log. Errors are logged.
+    fn failed(
+        &self,
+        _message: &Message<'_>,
+        _error: &HandleError,
+        _disposition: Disposition,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Messages handled at once (one channel and thread each).
+    pub concurrency: u16,
+    /// Attempts before a transiently failing message is dead-lettered.
+    pub max_attempts: u32,
+}
+
+/// Tracks whether there is anything to do, for `--exit-when-idle`.
+#[derive(Debug)]
+pub struct Activity {
+    started: Instant,
+    last_millis: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            last_millis: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Activity {
+    pub fn touch(&self) {
+        self.last_millis
+            .store(self.started.elapsed().as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+    }
+
+    fn end(&self) {
+        self.touch();
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// How long nothing has happened; zero while a message is in flight.
+    pub fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_millis.load(Ordering::SeqCst));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// Consumes until `shutdown`, reconnecting with backoff on any broker error.
+pub fn run(
+    url: &Url,
+    topology: &Topology,
+    handler: &dyn Handler,
+    options: &RunOptions,
+    shutdown: &Shutdown,
+    activity: &Activity,
+) -> anyhow::Result<()> {
+    let mut backoff = Backoff::default();
+    while !shutdown.is_triggered() {
+        let started = Instant::now();
+        match session(url, topology, handler, options, shutdown, activity) {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Backoff::default();
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!("consumer: {error:#}; reconnecting in {delay:?}");
+                shutdown.sleep(delay);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Exponential backoff from 100 ms to 30 s.
+#[derive(Debug)]
+pub struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(30));
+        delay
+    }
+}
+
+fn session(
+    url: &Url,
+    topology: &Topology,
+    handler: &dyn Handler,
+    options: &RunOptions,
+    shutdown: &Shutdown,
+    activity: &Activity,
+) -> anyhow::Result<()> {
+    let mut connection = connect(url)?;
+    let setup = connection.open_channel(None)?;
+    topology.declare(&setup)?;
+    setup.close()?;
+    let channels = (0..options.concurrency.max(1))
+        .map(|_| connection.open_channel(None))
+        .collect::<Result<Vec<_>, _>>()
+        .context("opening channels")?;
+    tracing::info!(queue = %topology.queue(handler.spec().name), concurrency = channels.len(), "consuming");
+
+    let failed = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        let slots: Vec<_> = channels
+            .into_iter()
+            .map(|channel| {
+                let failed = &failed;
+                scope.spawn(move || {
+                    let result = Slot {
+                        channel: &channel,
+                        topology,
+                        handler,
+                        options,
+                        activity,
+                    }
+                    .run(shutdown, failed);
+                    if result.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    let _ = channel.close();
+                    result
+                })
+            })
+            .collect();
+        slots
+            .into_iter()
+            .map(|slot| {
+                slot.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a consumer thread panicked")))
+            })
+            .fold(Ok(()), |first, result| first.and(result))
+    });
+    let _ = connection.close();
+    result
+}
+
+/// One channel, one message at a time.
+struct Slot<'a> {
+    channel: &'a Channel,
+    topology: &'a Topology,
+    handler: &'a dyn Handler,
+    options: &'a RunOptions,
+    activity: &'a Activity,
+}
+
+impl Slot<'_> {
+    fn run(&self, shutdown: &Shutdown, failed: &AtomicBool) -> anyhow::Result<()> {
+        self.channel.qos(0, 1, false)?;
+        let mut confirms = Confirms::enable(self.channel)?;
+        let queue = self.topology.queue(self.handler.spec().name);
+        let consumer = self
+            .channel
+            .basic_consume(queue.as_str(), ConsumerOptions::default())?;
+        while !shutdown.is_triggered() && !failed.load(Ordering::SeqCst) {
+            match consumer.receiver().recv_timeout(Duration::from_millis(100)) {
+                Ok(ConsumerMessage::Delivery(delivery)) => {
+                    self.activity.begin();
+                    let result = self.process(&mut confirms, delivery);
+                    self.activity.end();
+                    result?;
+                }
+                Ok(other) => bail!("consumer on {queue} stopped: {other:?}"),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => bail!("consumer on {queue} disconnected"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one delivery and acks it — after its retry or dead letter was
+    /// confirmed. An error leaves it unacked for redelivery.
+    fn process(&self, confirms: &mut Confirms, delivery: Delivery) -> anyhow::Result<()> {
+        let properties = &delivery.properties;
+        let headers = properties.headers().as_ref();
+        let attempt = header_int(headers, headers::ATTEMPTS).unwrap_or(0).max(0) as u32 + 1;
+        let message = Message {
+            body: &delivery.body,
+            message_id: properties.message_id().as_deref(),
+            attempt,
+        };
+        let span = tracing::info_span!(
+            "message",
+            message_id = message.message_id.unwrap_or("-"),
+            attempt
+        );
+        let _entered = span.enter();
+
+        match self.handler.handle(&message) {
+            Ok(()) => {}
+            Err(error) => {
+                let spec = self.handler.spec();
+                let disposition = match &error {
+                    HandleError::Transient(_) if attempt < self.options.max_attempts => {
+                        let index = (attempt as usize - 1)
+                            .min(self.topology.retry_delays.len().saturating_sub(1));
+                        match self.topology.retry_delays.get(index) {
+                            Some(delay) => Disposition::Retrying { delay: *delay },
+                            None => Disposition::DeadLettered,
+                        }
+                    }
+                    _ => Disposition::DeadLettered,
+                };
+                let outgoing =
+                    failed_copy(&delivery, &self.topology.queue(spec.name), &error, attempt);
+                match disposition {
+                    Disposition::Retrying { delay } => {
+                        tracing::warn!(error = %error, "attempt {attempt} failed ({}); retrying in {delay:?}", error.class());
+                        let mut outgoing = outgoing;
+                        outgoing.routing_key = self.topology.retry_key(spec.name, delay);
+                        confirms.publish(
+                            self.channel,
+                            &self.topology.retry_exchange(),
+                            &[outgoing],
+                        )?;
+                    }
+                    Disposition::DeadLettered => {
+                        tracing::error!(error = %error, "attempt {attempt} failed ({}); dead-lettered", error.class());
+                        let mut outgoing = outgoing;
+                        outgoing.routing_key = spec.name.to_string();
+                        confirms.publish(
+                            self.channel,
+                            &self.topology.dead_exchange(),
+                            &[outgoing],
+                        )?;
+                    }
+                }
+                if let Err(log_error) = self.handler.failed(&message, &error, disposition) {
+                    tracing::warn!("recording the failure: {log_error:#}");
+                }
+            }
+        }
+        delivery.ack(self.channel).context("acking")?;
+        Ok(())
+    }
+}
+
+/// The message to republish after a failure: same body and properties,
+/// headers updated with this attempt.
+fn failed_copy(delivery: &Delivery, queue: &str, error: &HandleError, attempt: u32) -> Outgoing {
+    let properties: &AmqpProperties = &delivery.properties;
+    let previous = properties.headers().as_ref();
+    let mut headers: FieldTable = previous.cloned().unwrap_or_default();
+    let now = Utc::now().to_rfc3339();
+    let mut set = |key: &str, value: AmqpValue| {
+        headers.insert(key.to_string(), value);
+    };
+    set(
+        headers::ATTEMPTS,
+        AmqpValue::LongLongInt(i64::from(attempt)),
+    );
+    set(
+        headers::FAILURE,
+        AmqpValue::LongString(error.class().to_string()),
+    );
+    set(
+        headers::LAST_ERROR,
+        AmqpValue::LongString(truncate(&error.to_string(), 1000)),
+    );
+    set(headers::LAST_FAILED_AT, AmqpValue::LongString(now.clone()));
+    if header_str(previous, headers::FIRST_FAILED_AT).is_none() {
+        set(headers::FIRST_FAILED_AT, AmqpValue::LongString(now));
+    }
+    if header_str(previous, headers::ORIGINAL_EXCHANGE).is_none() {
+        set(
+            headers::ORIGINAL_EXCHANGE,
+            AmqpValue::LongString(delivery.exchange.clone()),
+        );
+        set(
+            headers::ORIGINAL_ROUTING_KEY,
+            AmqpValue::LongString(delivery.routing_key.clone()),
+        );
+    }
+    set(headers::QUEUE, AmqpValue::LongString(queue.to_string()));
+    Outgoing {
+        routing_key: String::new(),
+        message_id: properties.message_id().clone().unwrap_or_default(),
+        body: delivery.body.clone(),
+        headers,
+        timestamp: properties
+            .timestamp()
+            .unwrap_or_else(|| Utc::now().timestamp().max(0) as u64),
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}

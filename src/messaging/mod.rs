@@ -1,0 +1,164 @@
+//! RabbitMQ: connections, the namespaced topology, publishing with
+//! publisher confirms, and the consumer runtime.
+
+pub mod consumer;
+pub mod publisher;
+pub mod topology;
+
+use std::time::Duration;
+
+use amiquip::{
+    AmqpProperties, AmqpValue, Channel, Confirm, ConfirmSmoother, Connection, FieldTable, Publish,
+};
+use anyhow::{bail, Context};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use url::Url;
+
+use crate::config::redact;
+
+/// How long a publish may wait for the broker's confirm before the channel
+/// is considered broken.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Opens a connection; a URL without `connection_timeout` gets 5 s so an
+/// unreachable broker fails fast instead of hanging.
+pub fn connect(url: &Url) -> anyhow::Result<Connection> {
+    let mut url = url.clone();
+    if !url
+        .query_pairs()
+        .any(|(key, _)| key == "connection_timeout")
+    {
+        url.query_pairs_mut()
+            .append_pair("connection_timeout", "5000");
+    }
+    let opened = if url.scheme() == "amqps" {
+        Connection::open(url.as_str())
+    } else {
+        Connection::insecure_open(url.as_str())
+    };
+    opened.with_context(|| format!("connecting to RabbitMQ at {}", redact(&url)))
+}
+
+/// A message to publish. Every message the tool publishes is persistent
+/// JSON with a message id and a timestamp.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub routing_key: String,
+    pub message_id: String,
+    pub body: Vec<u8>,
+    pub headers: FieldTable,
+    /// Seconds since the Unix epoch.
+    pub timestamp: u64,
+}
+
+impl Outgoing {
+    pub fn new(
+        routing_key: impl Into<String>,
+        message_id: impl Into<String>,
+        body: Vec<u8>,
+    ) -> Self {
+        Self {
+            routing_key: routing_key.into(),
+            message_id: message_id.into(),
+            body,
+            headers: FieldTable::new(),
+            timestamp: chrono::Utc::now().timestamp().max(0) as u64,
+        }
+    }
+
+    fn properties(&self) -> AmqpProperties {
+        let properties = AmqpProperties::default()
+            .with_message_id(self.message_id.clone())
+            .with_content_type("application/json".to_string())
+            .with_delivery_mode(2)
+            .with_timestamp(self.timestamp);
+        if self.headers.is_empty() {
+            properties
+        } else {
+            properties.with_headers(self.headers.clone())
+        }
+    }
+}
+
+/// Publisher confirms on one channel: publishes a batch and waits until the
+/// broker acknowledged every message of it.
+pub struct Confirms {
+    receiver: Receiver<Confirm>,
+    smoother: ConfirmSmoother,
+}
+
+impl Confirms {
+    pub fn enable(channel: &Channel) -> anyhow::Result<Self> {
+        let receiver = channel.listen_for_publisher_confirms()?;
+        channel
+            .enable_publisher_confirms()
+            .context("enabling publisher confirms")?;
+        Ok(Self {
+            receiver,
+            smoother: ConfirmSmoother::new(),
+        })
+    }
+
+    /// Publishes `messages` to `exchange` and returns once all are confirmed.
+    /// Any nack or timeout is an error, and then the caller must assume none
+    /// of the batch was published (and drop the channel).
+    pub fn publish(
+        &mut self,
+        channel: &Channel,
+        exchange: &str,
+        messages: &[Outgoing],
+    ) -> anyhow::Result<()> {
+        for message in messages {
+            channel
+                .basic_publish(
+                    exchange,
+                    Publish::with_properties(
+                        &message.body,
+                        message.routing_key.clone(),
+                        message.properties(),
+                    ),
+                )
+                .with_context(|| format!("publishing to {exchange:?}"))?;
+        }
+        let deadline = std::time::Instant::now() + CONFIRM_TIMEOUT;
+        let (mut confirmed, mut nacked) = (0, 0);
+        while confirmed < messages.len() {
+            let raw = match self.receiver.recv_deadline(deadline) {
+                Ok(raw) => raw,
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!("no publisher confirm from RabbitMQ within {CONFIRM_TIMEOUT:?}")
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    bail!("the RabbitMQ channel closed before confirming")
+                }
+            };
+            for confirm in self.smoother.process(raw) {
+                confirmed += 1;
+                nacked += matches!(confirm, Confirm::Nack(_)) as usize;
+            }
+        }
+        if nacked > 0 {
+            bail!("RabbitMQ rejected {nacked} of {} messages", messages.len());
+        }
+        Ok(())
+    }
+}
+
+/// A header value as a string, if it is one.
+pub fn header_str<'a>(headers: Option<&'a FieldTable>, key: &str) -> Option<&'a str> {
+    match headers?.get(key)? {
+        AmqpValue::LongString(value) => Some(value),
+        _ => None,
+    }
+}
+
+/// A header value as an integer, if it is one.
+pub fn header_int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
+    match headers?.get(key)? {
+        AmqpValue::LongLongInt(value) => Some(*value),
+        AmqpValue::LongInt(value) => Some(i64::from(*value)),
+        AmqpValue::ShortInt(value) => Some(i64::from(*value)),
+        AmqpValue::LongUInt(value) => Some(i64::from(*value)),
+        _ => None,
+    }
+}

@@ -1,0 +1,196 @@
+//! The namespaced exchanges and queues, declared idempotently by every role
+//! that publishes or consumes, so no message is ever published into a void.
+//!
+//! ```text
+//! {ns}.events (topic) ──key──► {ns}.{consumer}            work queue
+//! {ns}.retry  (direct) ─{consumer}.{delay}─► {ns}.{consumer}.retry.{delay}
+//!                        (message TTL, then dead-lettered back to the work queue)
+//! {ns}.dead   (topic) ──{consumer}──► {ns}.{consumer}.dlq
+//! ```
+
+use std::time::Duration;
+
+use amiquip::{
+    AmqpValue, Channel, ExchangeDeclareOptions, ExchangeType, FieldTable, QueueDeclareOptions,
+};
+use anyhow::Context;
+
+use crate::domain::Namespace;
+
+/// What a consumer subscribes to: adding one is a `ConsumerSpec` plus a
+/// handler, nothing else.
+#[derive(Clone, Copy, Debug)]
+pub struct ConsumerSpec {
+    /// Short name; its queues are `{ns}.{name}`, `.retry.*` and `.dlq`.
+    pub name: &'static str,
+    /// Routing keys (topic patterns) bound on `{ns}.events`.
+    pub routing_keys: &'static [&'static str],
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueType {
+    #[default]
+    Classic,
+    /// Replicated queues for a RabbitMQ cluster.
+    Quorum,
+}
+
+/// The default retry delays: roughly 1 s, 5 s, 30 s, 2 min, 10 min.
+pub const DEFAULT_RETRY_DELAYS: [Duration; 5] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+];
+
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub namespace: Namespace,
+    pub consumers: Vec<ConsumerSpec>,
+    pub queue_type: QueueType,
+    pub retry_delays: Vec<Duration>,
+}
+
+impl Topology {
+    pub fn new(namespace: Namespace, consumers: Vec<ConsumerSpec>) -> Self {
+        Self {
+            namespace,
+            consumers,
+            queue_type: QueueType::Classic,
+            retry_delays: DEFAULT_RETRY_DELAYS.to_vec(),
+        }
+    }
+
+    pub fn events_exchange(&self) -> String {
+        self.namespace.name("events")
+    }
+
+    pub fn retry_exchange(&self) -> String {
+        self.namespace.name("retry")
+    }
+
+    pub fn dead_exchange(&self) -> String {
+        self.namespace.name("dead")
+    }
+
+    pub fn queue(&self, consumer: &str) -> String {
+        self.namespace.name(consumer)
+    }
+
+    pub fn dlq(&self, consumer: &str) -> String {
+        self.namespace.name(&format!("{consumer}.dlq"))
+    }
+
+    /// The routing key on `{ns}.retry` of the retry queue for `delay`.
+    pub fn retry_key(&self, consumer: &str, delay: Duration) -> String {
+        format!("{consumer}.{}s", delay.as_secs())
+    }
+
+    pub fn retry_queue(&self, consumer: &str, delay: Duration) -> String {
+        self.namespace
+            .name(&format!("{consumer}.retry.{}s", delay.as_secs()))
+    }
+
+    /// Every queue of the namespace, work queues first: what `status` shows.
+    pub fn queue_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for consumer in &self.consumers {
+            names.push(self.queue(consumer.name));
+            names.extend(
+                self.retry_delays
+                    .iter()
+                    .map(|delay| self.retry_queue(consumer.name, *delay)),
+            );
+            names.push(self.dlq(consumer.name));
+        }
+        names
+    }
+
+    /// Declares everything; safe to call any number of times.
+    pub fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        for (name, kind) in [
+            (self.events_exchange(), ExchangeType::Topic),
+            (self.retry_exchange(), ExchangeType::Direct),
+            (self.dead_exchange(), ExchangeType::Topic),
+        ] {
+            channel
+                .exchange_declare(kind, name.as_str(), durable.clone())
+                .with_context(|| format!("declaring exchange {name}"))?;
+        }
+        for consumer in &self.consumers {
+            let queue = self.queue(consumer.name);
+            self.declare_queue(channel, &queue, self.typed(FieldTable::new()))?;
+            for key in consumer.routing_keys {
+                channel.queue_bind(
+                    queue.as_str(),
+                    self.events_exchange(),
+                    *key,
+                    FieldTable::new(),
+                )?;
+            }
+            for delay in &self.retry_delays {
+                let retry = self.retry_queue(consumer.name, *delay);
+                let mut arguments = FieldTable::new();
+                arguments.insert(
+                    "x-message-ttl".into(),
+                    AmqpValue::LongLongInt(delay.as_millis() as i64),
+                );
+                arguments.insert(
+                    "x-dead-letter-exchange".into(),
+                    AmqpValue::LongString(String::new()),
+                );
+                arguments.insert(
+                    "x-dead-letter-routing-key".into(),
+                    AmqpValue::LongString(queue.clone()),
+                );
+                self.declare_queue(channel, &retry, arguments)?;
+                channel.queue_bind(
+                    retry.as_str(),
+                    self.retry_exchange(),
+                    self.retry_key(consumer.name, *delay),
+                    FieldTable::new(),
+                )?;
+            }
+            let dlq = self.dlq(consumer.name);
+            self.declare_queue(channel, &dlq, self.typed(FieldTable::new()))?;
+            channel.queue_bind(
+                dlq.as_str(),
+                self.dead_exchange(),
+                consumer.name,
+                FieldTable::new(),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn typed(&self, mut arguments: FieldTable) -> FieldTable {
+        if self.queue_type == QueueType::Quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AmqpValue::LongString("quorum".into()),
+            );
+        }
+        arguments
+    }
+
+    fn declare_queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        arguments: FieldTable,
+    ) -> anyhow::Result<()> {
+        let options = QueueDeclareOptions {
+            durable: true,
+            arguments,
+            ..Default::default()
+        };
+        channel.queue_declare(name, options).map(drop).with_context(|| {
+            format!("declaring queue {name} (an existing queue with other arguments, e.g. another --queue-type, must be deleted first)")
+        })
+    }
+}

@@ -1,0 +1,231 @@
+//! Placing orders: the order and its outbox event in ONE transaction, then
+//! an immediate confirmed publish. If the broker is down the order stands
+//! and the relay publishes the event later.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use diesel::{Connection, PgConnection};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::relay;
+use crate::db::models::{NewOrderRow, NewOutboxRow};
+use crate::db::{orders, outbox, users, PgPool};
+use crate::domain::{
+    Currency, Money, NewOrder, OrderCreated, OrderSnapshot, UserId, ORDER_CREATED,
+};
+use crate::error::InvalidInput;
+use crate::messaging::publisher::Publisher;
+
+/// A committed order, as `place-order --json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Placed {
+    pub order_id: i64,
+    pub user_id: i64,
+    pub amount: Money,
+    pub currency: Currency,
+    pub event_id: Uuid,
+    pub published: bool,
+}
+
+/// Commits the order and its outbox event; returns them and the outbox id.
+/// An unknown user is `InvalidInput`, and nothing is written.
+pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, i64)> {
+    conn.transaction::<_, anyhow::Error, _>(|conn| {
+        if users::find(conn, order.user_id.0)?.is_none() {
+            return Err(InvalidInput::new(format!("unknown user {}", order.user_id)).into());
+        }
+        let row = orders::insert(
+            conn,
+            &NewOrderRow {
+                user_id: order.user_id.0,
+                amount_minor: order.amount.minor_units(),
+                currency: order.currency.as_str(),
+            },
+        )?;
+        let snapshot = OrderSnapshot {
+            id: row.id,
+            user_id: row.user_id,
+            amount: order.amount,
+            currency: order.currency.clone(),
+        };
+        let event = OrderCreated::new(snapshot, row.created_at);
+        let payload = serde_json::to_value(&event)?;
+        let outbox_row = outbox::insert(
+            conn,
+            &NewOutboxRow {
+                event_id: event.event_id,
+                order_id: row.id,
+                routing_key: ORDER_CREATED,
+                payload: &payload,
+            },
+        )?;
+        let placed = Placed {
+            order_id: row.id,
+            user_id: row.user_id,
+            amount: order.amount,
+            currency: order.currency.clone(),
+            event_id: event.event_id,
+            published: false,
+        };
+        Ok((placed, outbox_row.id))
+    })
+    .with_context(|| format!("placing an order for user {}", order.user_id))
+}
+
+/// Commits the order, then publishes its event if a publisher is at hand.
+/// A failed publish is logged and drops the publisher (its channel is no
+/// longer trustworthy); the order is committed either way.
+pub fn place(
+    conn: &mut PgConnection,
+    publisher: &mut Option<Publisher>,
+    order: &NewOrder,
+) -> anyhow::Result<Placed> {
+    let (mut placed, outbox_id) = commit(conn, order)?;
+    if let Some(active) = publisher {
+        match relay::publish_one(conn, active, outbox_id) {
+            Ok(published) => placed.published = published,
+            Err(error) => {
+                tracing::warn!(
+                    order_id = placed.order_id,
+                    event_id = %placed.event_id,
+                    "order committed but not published ({error:#}); the relay will publish it"
+                );
+                publisher.take().map(Publisher::close);
+            }
+        }
+    }
+    Ok(placed)
+}
+
+/// What `place-order --count` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct BulkSummary {
+    pub placed: u64,
+    pub published: u64,
+    pub failed: u64,
+    pub elapsed_secs: f64,
+    pub orders_per_sec: f64,
+}
+
+/// Which user each bulk order goes to.
+pub enum Users {
+    One(UserId),
+    /// Round-robin over every existing user.
+    All,
+}
+
+/// Places `count` orders from `concurrency` threads, each with its own
+/// database connection and publisher. `progress` is called once per order.
+#[allow(clippy::too_many_arguments)]
+pub fn place_many(
+    pool: &PgPool,
+    connect_publisher: &(dyn Fn() -> anyhow::Result<Publisher> + Sync),
+    users_to_use: Users,
+    amount: Money,
+    currency: &Currency,
+    count: u64,
+    concurrency: u16,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<BulkSummary> {
+    let mut conn = pool.get().context("getting a database connection")?;
+    let user_ids: Vec<i64> = match users_to_use {
+        Users::One(id) => {
+            if users::find(&mut conn, id.0)?.is_none() {
+                return Err(InvalidInput::new(format!("unknown user {id}")).into());
+            }
+            vec![id.0]
+        }
+        Users::All => users::all_ids(&mut conn)?,
+    };
+    drop(conn);
+    if user_ids.is_empty() {
+        return Err(InvalidInput::new("there are no users: run `ordctl seed` first").into());
+    }
+
+    let next = AtomicU64::new(0);
+    let published = AtomicU64::new(0);
+    let failed = AtomicU64::new(0);
+    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..concurrency.max(1) {
+            scope.spawn(|| {
+                let mut conn = match pool.get() {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        first_error.lock().unwrap().get_or_insert(error.into());
+                        return;
+                    }
+                };
+                let mut publisher = connect_or_warn(connect_publisher);
+                let mut publisher_lost_at: Option<Instant> = None;
+                loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    if n >= count {
+                        break;
+                    }
+                    // Try the broker again now and then after losing it.
+                    if publisher.is_none()
+                        && publisher_lost_at.is_some_and(|at| at.elapsed() > Duration::from_secs(5))
+                    {
+                        publisher = connect_or_warn(connect_publisher);
+                        publisher_lost_at = None;
+                    }
+                    let order = NewOrder {
+                        user_id: UserId(user_ids[(n % user_ids.len() as u64) as usize]),
+                        amount,
+                        currency: currency.clone(),
+                    };
+                    let had_publisher = publisher.is_some();
+                    match place(&mut conn, &mut publisher, &order) {
+                        Ok(placed) => {
+                            published.fetch_add(placed.published as u64, Ordering::Relaxed);
+                        }
+                        Err(error) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            first_error.lock().unwrap().get_or_insert(error);
+                        }
+                    }
+                    if had_publisher && publisher.is_none() {
+                        publisher_lost_at = Some(Instant::now());
+                    }
+                    progress(n + 1);
+                }
+                publisher.map(Publisher::close);
+            });
+        }
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let failed = failed.into_inner();
+    if let Some(error) = first_error.into_inner().unwrap() {
+        if failed == count || failed == 0 {
+            return Err(error);
+        }
+        tracing::error!("{failed} of {count} orders failed, the first with: {error:#}");
+    }
+    let placed = count - failed;
+    Ok(BulkSummary {
+        placed,
+        published: published.into_inner(),
+        failed,
+        elapsed_secs: elapsed,
+        orders_per_sec: if elapsed > 0.0 {
+            placed as f64 / elapsed
+        } else {
+            0.0
+        },
+    })
+}
+
+/// A publisher, or `None` with a warning: orders are committed either way.
+pub fn connect_or_warn(
+    connect: &(dyn Fn() -> anyhow::Result<Publisher> + Sync),
+) -> Option<Publisher> {
+    connect()
+        .map_err(|error| tracing::warn!("broker unavailable ({error:#}); orders are committed and the relay will publish them"))
+        .ok()
+}

@@ -1,0 +1,177 @@
+//! The outbox relay: publishes events whose post-commit publish did not
+//! happen. Woken by LISTEN/NOTIFY as rows commit, with a periodic sweep as a
+//! fallback. Rows are claimed `FOR UPDATE SKIP LOCKED`, so relays running at
+//! once never publish the same row, and marked published only after the
+//! broker confirmed them.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use url::Url;
+
+use crate::db::models::OutboxRow;
+use crate::db::{self, outbox};
+use crate::messaging::consumer::{Activity, Backoff};
+use crate::messaging::publisher::Publisher;
+use crate::messaging::topology::Topology;
+use crate::messaging::Outgoing;
+use crate::shutdown::Shutdown;
+
+/// Rows claimed and published per transaction.
+pub const BATCH_SIZE: i64 = 500;
+/// How often the relay sweeps without having been notified.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the LISTEN connection is checked for notifications.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Publishes rows the caller has locked, then marks them published.
+fn publish_rows(
+    conn: &mut PgConnection,
+    publisher: &mut Publisher,
+    rows: &[OutboxRow],
+) -> anyhow::Result<()> {
+    let messages: Vec<Outgoing> = rows
+        .iter()
+        .map(|row| {
+            let mut message = Outgoing::new(
+                row.routing_key.clone(),
+                row.event_id.to_string(),
+                row.payload.to_string().into_bytes(),
+            );
+            message.timestamp = row.created_at.timestamp().max(0) as u64;
+            message
+        })
+        .collect();
+    publisher.publish_events(&messages)?;
+    let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+    outbox::mark_published(conn, &ids)?;
+    Ok(())
+}
+
+/// Publishes one order's event right after its commit. Waits if a relay
+/// holds the row, and returns whether the event is published now.
+pub fn publish_one(
+    conn: &mut PgConnection,
+    publisher: &mut Publisher,
+    outbox_id: i64,
+) -> anyhow::Result<bool> {
+    conn.transaction(|conn| {
+        let row = outbox::lock(conn, outbox_id)?;
+        if row.published_at.is_none() {
+            publish_rows(conn, publisher, std::slice::from_ref(&row))?;
+        }
+        Ok(true)
+    })
+}
+
+/// Claims and publishes one batch; returns how many rows it published.
+pub fn publish_batch(conn: &mut PgConnection, publisher: &mut Publisher) -> anyhow::Result<usize> {
+    let mut claimed = Vec::new();
+    let result = conn.transaction(|conn| {
+        claimed = outbox::claim_unpublished(conn, BATCH_SIZE)?;
+        if !claimed.is_empty() {
+            publish_rows(conn, publisher, &claimed)?;
+        }
+        anyhow::Ok(claimed.len())
+    });
+    if let Err(error) = &result {
+        let ids: Vec<i64> = claimed.iter().map(|row| row.id).collect();
+        if !ids.is_empty() {
+            let _ = outbox::record_failure(conn, &ids, &format!("{error:#}"));
+        }
+    }
+    result
+}
+
+/// Publishes batches until nothing is left.
+pub fn drain(
+    conn: &mut PgConnection,
+    publisher: &mut Publisher,
+    shutdown: &Shutdown,
+) -> anyhow::Result<usize> {
+    let mut total = 0;
+    while !shutdown.is_triggered() {
+        let published = publish_batch(conn, publisher)?;
+        total += published;
+        if published < BATCH_SIZE as usize {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// `ordctl relay --once`: drains and returns the number published; any
+/// failure is returned to the caller.
+pub fn run_once(database_url: &Url, amqp_url: &Url, topology: &Topology) -> anyhow::Result<usize> {
+    let mut conn = db::connect(database_url)?;
+    let mut publisher = Publisher::connect(amqp_url, topology)?;
+    let published = drain(&mut conn, &mut publisher, &Shutdown::new());
+    publisher.close();
+    published
+}
+
+/// `ordctl relay` (and the worker's relay thread): runs until `shutdown`,
+/// reconnecting to PostgreSQL and RabbitMQ with backoff.
+pub fn run(
+    database_url: &Url,
+    amqp_url: &Url,
+    topology: &Topology,
+    shutdown: &Shutdown,
+    activity: &Activity,
+) {
+    let mut backoff = Backoff::default();
+    while !shutdown.is_triggered() {
+        let started = Instant::now();
+        if let Err(error) = session(database_url, amqp_url, topology, shutdown, activity) {
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Backoff::default();
+            }
+            let delay = backoff.next_delay();
+            tracing::warn!("relay: {error:#}; retrying in {delay:?}");
+            shutdown.sleep(delay);
+        }
+    }
+}
+
+fn session(
+    database_url: &Url,
+    amqp_url: &Url,
+    topology: &Topology,
+    shutdown: &Shutdown,
+    activity: &Activity,
+) -> anyhow::Result<()> {
+    let mut conn = db::connect(database_url)?;
+    diesel::sql_query(format!("LISTEN {}", outbox::CHANNEL))
+        .execute(&mut conn)
+        .context("LISTEN")?;
+    let mut publisher = Publisher::connect(amqp_url, topology)?;
+    while !shutdown.is_triggered() {
+        let published = drain(&mut conn, &mut publisher, shutdown)?;
+        if published > 0 {
+            activity.touch();
+            tracing::info!(published, "relayed outbox events");
+        }
+        wait_for_notification(&mut conn, shutdown)?;
+    }
+    publisher.close();
+    Ok(())
+}
+
+/// Returns when an outbox row was committed, the sweep interval passed, or
+/// shutdown was triggered.
+fn wait_for_notification(conn: &mut PgConnection, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SWEEP_INTERVAL;
+    while Instant::now() < deadline && !shutdown.is_triggered() {
+        let mut notified = false;
+        for notification in conn.notifications_iter() {
+            notification.context("reading notifications")?;
+            notified = true;
+        }
+        if notified {
+            return Ok(());
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    Ok(())
+}

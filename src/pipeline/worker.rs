@@ -1,0 +1,75 @@
+//! `ordctl worker`: the notification consumer, the outbox relay beside it,
+//! and the idle timer for scripts — all stopped by one shutdown flag.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{notify::Notifier, relay};
+use crate::cache::UserCache;
+use crate::config::Settings;
+use crate::db;
+use crate::mail::Mailer;
+use crate::messaging::consumer::{self, Activity, RunOptions};
+use crate::messaging::topology::Topology;
+use crate::shutdown::Shutdown;
+
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub consumer: RunOptions,
+    pub relay: bool,
+    pub exit_when_idle: Option<Duration>,
+}
+
+/// Runs until `shutdown` (a signal) or, with `exit_when_idle`, until
+/// nothing happened for that long. In-flight messages finish and are acked.
+pub fn run(
+    settings: &Settings,
+    topology: &Topology,
+    options: &WorkerOptions,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let slots = u32::from(options.consumer.concurrency.max(1));
+    let notifier = Notifier {
+        db: db::pool(&settings.database_url, slots + 1)?,
+        cache: UserCache::new(&settings.redis_url, settings.namespace.clone(), slots)?,
+        mailer: Mailer::new(settings.smtp.as_ref(), &settings.mail_dir, slots)
+            .context("setting up the mailer")?,
+        from: settings.mail_from.clone(),
+    };
+    let activity = &Activity::default();
+    std::thread::scope(|scope| {
+        if options.relay {
+            scope.spawn(|| {
+                relay::run(
+                    &settings.database_url,
+                    &settings.amqp_url,
+                    topology,
+                    shutdown,
+                    activity,
+                )
+            });
+        }
+        if let Some(idle) = options.exit_when_idle {
+            scope.spawn(move || {
+                while !shutdown.is_triggered() {
+                    if activity.idle_for() >= idle {
+                        tracing::info!("idle for {idle:?}; exiting");
+                        shutdown.trigger();
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+        let result = consumer::run(
+            &settings.amqp_url,
+            topology,
+            &notifier,
+            &options.consumer,
+            shutdown,
+            activity,
+        );
+        shutdown.trigger();
+        result
+    })
+}
