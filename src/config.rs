@@ -10,6 +10,7 @@ use url::Url;
 
 use crate::domain::Namespace;
 use crate::error::InvalidInput;
+use crate::messaging::topology::QueueType;
 
 /// The global flags, as clap parses them. Values stay strings here so that a
 /// malformed URL is reported by [`Settings::parse`] with its password masked
@@ -73,6 +74,11 @@ pub struct SettingsArgs {
         default_value = "ordctl"
     )]
     pub namespace: String,
+
+    /// Type of the work and dead-letter queues; quorum for a RabbitMQ
+    /// cluster. Every process of a namespace must use the same.
+    #[arg(long, env = "ORDCTL_QUEUE_TYPE", global = true, value_enum, default_value_t = QueueType::Classic)]
+    pub queue_type: QueueType,
 }
 
 /// Validated settings. `Debug` and `Display` never show a password.
@@ -85,6 +91,7 @@ pub struct Settings {
     pub mail_dir: PathBuf,
     pub mail_from: Mailbox,
     pub namespace: Namespace,
+    pub queue_type: QueueType,
 }
 
 impl Settings {
@@ -111,6 +118,7 @@ impl Settings {
                 ))
             })?,
             namespace: Namespace::parse(&args.namespace)?,
+            queue_type: args.queue_type,
         })
     }
 }
@@ -125,6 +133,7 @@ impl fmt::Debug for Settings {
             .field("mail_dir", &self.mail_dir)
             .field("mail_from", &self.mail_from.to_string())
             .field("namespace", &self.namespace)
+            .field("queue_type", &self.queue_type)
             .finish()
     }
 }

@@ -2,6 +2,7 @@
 //! module per table. Repository functions take `&mut PgConnection` so the
 //! caller owns the transaction.
 
+pub mod delivery_attempts;
 pub mod models;
 pub mod notifications;
 pub mod orders;

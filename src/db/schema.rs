@@ -1,6 +1,19 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    delivery_attempts (id) {
+        id -> Int8,
+        event_id -> Uuid,
+        order_id -> Int8,
+        attempt -> Int4,
+        outcome -> Text,
+        error -> Nullable<Text>,
+        smtp_reply -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     notifications (id) {
         id -> Int8,
         event_id -> Uuid,
@@ -49,8 +62,15 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(delivery_attempts -> orders (order_id));
 diesel::joinable!(notifications -> orders (order_id));
 diesel::joinable!(orders -> users (user_id));
 diesel::joinable!(outbox -> orders (order_id));
 
-diesel::allow_tables_to_appear_in_same_query!(notifications, orders, outbox, users,);
+diesel::allow_tables_to_appear_in_same_query!(
+    delivery_attempts,
+    notifications,
+    orders,
+    outbox,
+    users,
+);

@@ -226,13 +226,15 @@ fn session(
                 })
             })
             .collect();
-        slots
+        // Join every slot before reporting the first error.
+        let results: Vec<_> = slots
             .into_iter()
             .map(|slot| {
                 slot.join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("a consumer thread panicked")))
             })
-            .fold(Ok(()), |first, result| first.and(result))
+            .collect();
+        results.into_iter().collect::<anyhow::Result<()>>()
     });
     let _ = connection.close();
     result
@@ -266,6 +268,16 @@ impl Slot<'_> {
                 Ok(other) => bail!("consumer on {queue} stopped: {other:?}"),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => bail!("consumer on {queue} disconnected"),
+            }
+        }
+        // Cancel explicitly and wait for the broker's answer: dropping the
+        // consumer instead leaves amiquip's I/O thread sending to a closed
+        // receiver. A message delivered meanwhile is not acked, so the
+        // broker requeues it when the channel closes.
+        consumer.cancel()?;
+        while let Ok(message) = consumer.receiver().recv_timeout(Duration::from_secs(5)) {
+            if !matches!(message, ConsumerMessage::Delivery(_)) {
+                break;
             }
         }
         Ok(())

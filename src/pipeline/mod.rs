@@ -7,10 +7,12 @@ pub mod seed;
 pub mod status;
 pub mod worker;
 
-use crate::domain::Namespace;
+use crate::config::Settings;
 use crate::messaging::topology::Topology;
 
 /// The namespace's topology with every consumer the pipeline has.
-pub fn topology(namespace: Namespace) -> Topology {
-    Topology::new(namespace, vec![notify::SPEC])
+pub fn topology(settings: &Settings) -> Topology {
+    let mut topology = Topology::new(settings.namespace.clone(), vec![notify::SPEC]);
+    topology.queue_type = settings.queue_type;
+    topology
 }

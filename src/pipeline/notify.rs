@@ -8,6 +8,7 @@ use diesel::{Connection, PgConnection};
 use lettre::message::Mailbox;
 
 use crate::cache::UserCache;
+use crate::db::delivery_attempts::{self, NewAttempt};
 use crate::db::models::NewNotification;
 use crate::db::{notifications, PgPool};
 use crate::domain::{OrderCreated, ORDER_CREATED};
@@ -40,7 +41,11 @@ pub struct Notifier {
 impl Notifier {
     /// Delivers one event. The delivery-log row stays locked while the email
     /// is sent, so a concurrent duplicate waits and then sends nothing.
-    pub fn deliver(&self, event: &OrderCreated) -> Result<Outcome, HandleError> {
+    pub fn deliver(
+        &self,
+        event: &OrderCreated,
+        attempt_number: u32,
+    ) -> Result<Outcome, HandleError> {
         let mut conn = self.db.get().map_err(|e| {
             HandleError::Transient(anyhow!(e).context("getting a database connection"))
         })?;
@@ -56,6 +61,8 @@ impl Notifier {
             let logged = notifications::lock_for_delivery(conn, &row).map_err(db_error)?;
             if logged.status == notifications::SENT {
                 tracing::info!(order_id = event.order.id, "already delivered; nothing sent");
+                let duplicate = attempt(event, attempt_number, delivery_attempts::DUPLICATE, None, None);
+                delivery_attempts::record(conn, &duplicate).map_err(db_error)?;
                 return Ok(Outcome::AlreadySent);
             }
             let user = self
@@ -66,6 +73,8 @@ impl Notifier {
             let email = mail::confirmation(event, &user, &self.from).map_err(mail_error)?;
             let smtp_reply = self.mailer.send(&email).map_err(mail_error)?;
             notifications::mark_sent(conn, event.event_id, &smtp_reply).map_err(db_error)?;
+            let sent = attempt(event, attempt_number, delivery_attempts::SENT, None, Some(&smtp_reply));
+            delivery_attempts::record(conn, &sent).map_err(db_error)?;
             tracing::info!(order_id = event.order.id, to = %user.email, %smtp_reply, "confirmation sent");
             Ok(Outcome::Sent { smtp_reply })
         })
@@ -84,7 +93,7 @@ impl Handler for Notifier {
         let span =
             tracing::info_span!("event", event_id = %event.event_id, order_id = event.order.id);
         let _entered = span.enter();
-        self.deliver(&event).map(drop)
+        self.deliver(&event, message.attempt).map(drop)
     }
 
     fn failed(
@@ -98,9 +107,9 @@ impl Handler for Notifier {
             return Ok(());
         };
         let message_id = mail::message_id(&event);
-        let status = match disposition {
-            Disposition::Retrying { .. } => notifications::RETRYING,
-            Disposition::DeadLettered => notifications::DEAD,
+        let (status, outcome) = match disposition {
+            Disposition::Retrying { .. } => (notifications::RETRYING, delivery_attempts::RETRYING),
+            Disposition::DeadLettered => (notifications::DEAD, delivery_attempts::DEAD),
         };
         let row = NewNotification {
             event_id: event.event_id,
@@ -109,8 +118,32 @@ impl Handler for Notifier {
             message_id: &message_id,
         };
         let mut conn = self.db.get()?;
-        notifications::record_failure(&mut conn, &row, &error.to_string())?;
+        let error = error.to_string();
+        conn.transaction(|conn| {
+            notifications::record_failure(conn, &row, &error)?;
+            delivery_attempts::record(
+                conn,
+                &attempt(&event, message.attempt, outcome, Some(&error), None),
+            )
+        })?;
         Ok(())
+    }
+}
+
+fn attempt<'a>(
+    event: &OrderCreated,
+    number: u32,
+    outcome: &'a str,
+    error: Option<&'a str>,
+    smtp_reply: Option<&'a str>,
+) -> NewAttempt<'a> {
+    NewAttempt {
+        event_id: event.event_id,
+        order_id: event.order.id,
+        attempt: number as i32,
+        outcome,
+        error,
+        smtp_reply,
     }
 }
 

@@ -94,7 +94,9 @@ pub fn place(
                     event_id = %placed.event_id,
                     "order committed but not published ({error:#}); the relay will publish it"
                 );
-                publisher.take().map(Publisher::close);
+                if let Some(broken) = publisher.take() {
+                    broken.close();
+                }
             }
         }
     }
@@ -195,7 +197,9 @@ pub fn place_many(
                     }
                     progress(n + 1);
                 }
-                publisher.map(Publisher::close);
+                if let Some(publisher) = publisher {
+                    publisher.close();
+                }
             });
         }
     });

@@ -21,7 +21,7 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn topology(&self) -> Topology {
-        pipeline::topology(self.settings.namespace.clone())
+        pipeline::topology(&self.settings)
     }
 }
 

@@ -58,7 +58,9 @@ impl Args {
             let mut conn = db::connect(&settings.database_url)?;
             let mut publisher = place_order::connect_or_warn(&connect);
             let placed = place_order::place(&mut conn, &mut publisher, &order)?;
-            publisher.map(Publisher::close);
+            if let Some(publisher) = publisher {
+                publisher.close();
+            }
             if !placed.published {
                 tracing::warn!(
                     order_id = placed.order_id,

@@ -1,0 +1,54 @@
+//! The `delivery_attempts` table: one row per attempt, the history behind
+//! the latest state kept in `notifications`.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::schema::delivery_attempts;
+
+pub const SENT: &str = "sent";
+/// A redelivery of an event already sent: acked, nothing sent.
+pub const DUPLICATE: &str = "duplicate";
+pub const RETRYING: &str = "retrying";
+pub const DEAD: &str = "dead";
+/// Moved back from the dead-letter queue by `ordctl replay-dlq`.
+pub const REPLAYED: &str = "replayed";
+
+#[derive(Insertable)]
+#[diesel(table_name = delivery_attempts)]
+pub struct NewAttempt<'a> {
+    pub event_id: Uuid,
+    pub order_id: i64,
+    pub attempt: i32,
+    pub outcome: &'a str,
+    pub error: Option<&'a str>,
+    pub smtp_reply: Option<&'a str>,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Serialize)]
+#[diesel(table_name = delivery_attempts, check_for_backend(diesel::pg::Pg))]
+pub struct Attempt {
+    pub event_id: Uuid,
+    pub attempt: i32,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub smtp_reply: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub fn record(conn: &mut PgConnection, attempt: &NewAttempt<'_>) -> QueryResult<usize> {
+    diesel::insert_into(delivery_attempts::table)
+        .values(attempt)
+        .execute(conn)
+}
+
+/// An order's attempts, oldest first.
+pub fn for_order(conn: &mut PgConnection, order_id: i64) -> QueryResult<Vec<Attempt>> {
+    delivery_attempts::table
+        .filter(delivery_attempts::order_id.eq(order_id))
+        .order(delivery_attempts::id)
+        .select(Attempt::as_select())
+        .load(conn)
+}
