@@ -4,7 +4,8 @@
 # Makes this machine ready to build, test and demo ordctl, and is a no-op
 # when it already is:
 #   - build dependencies of the crates (gcc, libc6-dev, pkg-config, libpq-dev,
-#     libssl-dev) and the test SMTP server (python3-aiosmtpd);
+#     libssl-dev), the test SMTP server (python3-aiosmtpd) and Postfix's
+#     smtp-sink (package postfix) for the fault suite and the benchmark;
 #   - PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379 and RabbitMQ on
 #     127.0.0.1:5672: each one not answering is installed from Debian's
 #     packages if needed, started WITHOUT systemd (containers have none) and
@@ -151,6 +152,13 @@ ensure_packages aiosmtpd python3-aiosmtpd
 # Debian's python3, not whatever python3 comes first on PATH (e.g. pyenv's).
 /usr/bin/python3 -c 'import aiosmtpd' ||
   die "/usr/bin/python3 cannot import aiosmtpd although python3-aiosmtpd is installed"
+# Postfix's smtp-sink: the fault suite's SMTP server that answers 4xx/5xx on
+# demand, and the benchmark's fast one. "No configuration" keeps the package
+# from setting up a mail server of its own.
+if ! is_installed postfix && command -v debconf-set-selections >/dev/null; then
+  echo 'postfix postfix/main_mailer_type select No configuration' | as_root debconf-set-selections
+fi
+ensure_packages smtp-sink postfix
 ensure_postgres
 ensure_redis
 ensure_rabbitmq

@@ -257,13 +257,21 @@ impl Slot<'_> {
         let consumer = self
             .channel
             .basic_consume(queue.as_str(), ConsumerOptions::default())?;
+        // Consecutive transient failures: during an outage (SMTP or
+        // PostgreSQL down) the slot slows down instead of burning through
+        // the queue's retry budget.
+        let mut backoff = Backoff::default();
         while !shutdown.is_triggered() && !failed.load(Ordering::SeqCst) {
             match consumer.receiver().recv_timeout(Duration::from_millis(100)) {
                 Ok(ConsumerMessage::Delivery(delivery)) => {
                     self.activity.begin();
                     let result = self.process(&mut confirms, delivery);
                     self.activity.end();
-                    result?;
+                    if result? {
+                        shutdown.sleep(backoff.next_delay());
+                    } else {
+                        backoff = Backoff::default();
+                    }
                 }
                 Ok(other) => bail!("consumer on {queue} stopped: {other:?}"),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -284,8 +292,9 @@ impl Slot<'_> {
     }
 
     /// Handles one delivery and acks it — after its retry or dead letter was
-    /// confirmed. An error leaves it unacked for redelivery.
-    fn process(&self, confirms: &mut Confirms, delivery: Delivery) -> anyhow::Result<()> {
+    /// confirmed. An error leaves it unacked for redelivery. Returns whether
+    /// it failed transiently.
+    fn process(&self, confirms: &mut Confirms, delivery: Delivery) -> anyhow::Result<bool> {
         let properties = &delivery.properties;
         let headers = properties.headers().as_ref();
         let attempt = header_int(headers, headers::ATTEMPTS).unwrap_or(0).max(0) as u32 + 1;
@@ -301,52 +310,46 @@ impl Slot<'_> {
         );
         let _entered = span.enter();
 
-        match self.handler.handle(&message) {
-            Ok(()) => {}
-            Err(error) => {
-                let spec = self.handler.spec();
-                let disposition = match &error {
-                    HandleError::Transient(_) if attempt < self.options.max_attempts => {
-                        let index = (attempt as usize - 1)
-                            .min(self.topology.retry_delays.len().saturating_sub(1));
-                        match self.topology.retry_delays.get(index) {
-                            Some(delay) => Disposition::Retrying { delay: *delay },
-                            None => Disposition::DeadLettered,
-                        }
-                    }
-                    _ => Disposition::DeadLettered,
-                };
-                let outgoing =
-                    failed_copy(&delivery, &self.topology.queue(spec.name), &error, attempt);
-                match disposition {
-                    Disposition::Retrying { delay } => {
-                        tracing::warn!(error = %error, "attempt {attempt} failed ({}); retrying in {delay:?}", error.class());
-                        let mut outgoing = outgoing;
-                        outgoing.routing_key = self.topology.retry_key(spec.name, delay);
-                        confirms.publish(
-                            self.channel,
-                            &self.topology.retry_exchange(),
-                            &[outgoing],
-                        )?;
-                    }
-                    Disposition::DeadLettered => {
-                        tracing::error!(error = %error, "attempt {attempt} failed ({}); dead-lettered", error.class());
-                        let mut outgoing = outgoing;
-                        outgoing.routing_key = spec.name.to_string();
-                        confirms.publish(
-                            self.channel,
-                            &self.topology.dead_exchange(),
-                            &[outgoing],
-                        )?;
-                    }
+        let result = self.handler.handle(&message);
+        let transient = matches!(result, Err(HandleError::Transient(_)));
+        if let Err(error) = result {
+            let spec = self.handler.spec();
+            let retry_delay = match error {
+                HandleError::Transient(_) if attempt < self.options.max_attempts => {
+                    let delays = &self.topology.retry_delays;
+                    delays.get((attempt as usize - 1).min(delays.len().saturating_sub(1)))
                 }
-                if let Err(log_error) = self.handler.failed(&message, &error, disposition) {
-                    tracing::warn!("recording the failure: {log_error:#}");
+                _ => None,
+            };
+            let (disposition, exchange, routing_key) = match retry_delay {
+                Some(&delay) => {
+                    tracing::warn!(%error, "attempt {attempt} failed ({}); retrying in {delay:?}", error.class());
+                    let key = self.topology.retry_key(spec.name, delay);
+                    (
+                        Disposition::Retrying { delay },
+                        self.topology.retry_exchange(),
+                        key,
+                    )
                 }
+                None => {
+                    tracing::error!(%error, "attempt {attempt} failed ({}); dead-lettered", error.class());
+                    (
+                        Disposition::DeadLettered,
+                        self.topology.dead_exchange(),
+                        spec.name.to_string(),
+                    )
+                }
+            };
+            let mut outgoing =
+                failed_copy(&delivery, &self.topology.queue(spec.name), &error, attempt);
+            outgoing.routing_key = routing_key;
+            confirms.publish(self.channel, &exchange, &[outgoing])?;
+            if let Err(log_error) = self.handler.failed(&message, &error, disposition) {
+                tracing::warn!("recording the failure: {log_error:#}");
             }
         }
         delivery.ack(self.channel).context("acking")?;
-        Ok(())
+        Ok(transient)
     }
 }
 
