@@ -149,14 +149,14 @@ pub fn run(
     shutdown: &Shutdown,
     activity: &Activity,
 ) -> anyhow::Result<()> {
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::up_to(RECONNECT_MAX);
     while !shutdown.is_triggered() {
         let started = Instant::now();
         match session(url, topology, handler, options, shutdown, activity) {
             Ok(()) => return Ok(()),
             Err(error) => {
                 if started.elapsed() > Duration::from_secs(30) {
-                    backoff = Backoff::default();
+                    backoff.reset();
                 }
                 let delay = backoff.next_delay();
                 tracing::warn!("consumer: {error:#}; reconnecting in {delay:?}");
@@ -167,21 +167,34 @@ pub fn run(
     Ok(())
 }
 
-/// Exponential backoff from 100 ms to 30 s.
-#[derive(Debug)]
-pub struct Backoff(Duration);
+/// How long a broken connection waits before reconnecting, at most.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// How long a slot pauses after consecutive transient failures, at most.
+const SLOT_PAUSE_MAX: Duration = Duration::from_secs(5);
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Self(Duration::from_millis(100))
-    }
+/// Exponential backoff: 100 ms, doubling up to a maximum.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
 }
 
 impl Backoff {
+    pub fn up_to(max: Duration) -> Self {
+        Self {
+            next: Duration::from_millis(100),
+            max,
+        }
+    }
+
     pub fn next_delay(&mut self) -> Duration {
-        let delay = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(30));
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
         delay
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
     }
 }
 
@@ -260,7 +273,7 @@ impl Slot<'_> {
         // Consecutive transient failures: during an outage (SMTP or
         // PostgreSQL down) the slot slows down instead of burning through
         // the queue's retry budget.
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::up_to(SLOT_PAUSE_MAX);
         while !shutdown.is_triggered() && !failed.load(Ordering::SeqCst) {
             match consumer.receiver().recv_timeout(Duration::from_millis(100)) {
                 Ok(ConsumerMessage::Delivery(delivery)) => {
@@ -270,7 +283,7 @@ impl Slot<'_> {
                     if result? {
                         shutdown.sleep(backoff.next_delay());
                     } else {
-                        backoff = Backoff::default();
+                        backoff.reset();
                     }
                 }
                 Ok(other) => bail!("consumer on {queue} stopped: {other:?}"),
