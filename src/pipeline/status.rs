@@ -1,31 +1,70 @@
-//! `ordctl status`: queue depths and consumers, the outbox backlog, the
-//! delivery log by status, and the dead-letter depth.
+//! `ordctl status`: every queue of the namespace with its depth, unacked
+//! count and consumers, the outbox backlog, the delivery log by status, and
+//! the dead letters grouped by reason.
+//!
+//! AMQP's passive declare gives ready and consumers only; `unacked` comes
+//! from the RabbitMQ management HTTP API when it answers, and is `null`
+//! (with the reason in `management.error`) when it does not. Dead-letter
+//! reasons come from the delivery log rather than from peeking the DLQ:
+//! peeking means taking each message and requeueing it, which a concurrent
+//! `replay-dlq` would miss and which counts against a quorum queue's
+//! delivery limit on every `status --watch` tick.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use anyhow::Context;
+use base64::Engine as _;
 use chrono::Utc;
 use serde::Serialize;
+use url::Url;
 
-use crate::config::Settings;
+use crate::config::{redact, Settings};
 use crate::db::{self, notifications, outbox};
+use crate::error::InvalidInput;
 use crate::messaging::{self, topology::Topology};
+
+/// The most frequent dead-letter reasons listed; the rest are summed up.
+const TOP_REASONS: i64 = 10;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub queues: Vec<QueueStatus>,
     pub outbox: OutboxStatus,
     pub deliveries: BTreeMap<String, i64>,
+    /// Messages in the dead-letter queues.
     pub dlq: u64,
+    pub dead_letters: Vec<DeadReason>,
+    pub management: ManagementStatus,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct QueueStatus {
     pub name: String,
+    pub kind: QueueKind,
     pub ready: u64,
-    /// Delivered but not yet acked. AMQP itself does not report it; `null`
-    /// unless known.
+    /// Delivered but not yet acked: only the management API knows; `null`
+    /// when it did not answer.
     pub unacked: Option<u64>,
     pub consumers: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueKind {
+    Work,
+    Retry,
+    DeadLetter,
+}
+
+impl QueueKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Work => "work",
+            Self::Retry => "retry",
+            Self::DeadLetter => "dead-letter",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -34,39 +73,175 @@ pub struct OutboxStatus {
     pub oldest_pending_secs: Option<f64>,
 }
 
-pub fn collect(settings: &Settings, topology: &Topology) -> anyhow::Result<Status> {
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeadReason {
+    pub reason: String,
+    pub count: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ManagementStatus {
+    /// The API's base URL, password masked.
+    pub url: String,
+    /// Why `unacked` is unknown, if it is.
+    pub error: Option<String>,
+}
+
+/// The RabbitMQ management HTTP API of the broker behind the AMQP URL.
+#[derive(Clone)]
+pub struct ManagementApi {
+    base: Url,
+    vhost: String,
+    authorization: String,
+    agent: ureq::Agent,
+}
+
+impl ManagementApi {
+    /// `http://HOST:15672/` with the AMQP URL's credentials (AMQP's default
+    /// guest/guest when it has none) and virtual host; `base` overrides the
+    /// address, and its credentials, if any, win.
+    pub fn new(amqp_url: &Url, base: Option<&Url>) -> Result<Self, InvalidInput> {
+        let derived;
+        let base = match base {
+            Some(base) => {
+                if base.scheme() != "http" {
+                    return Err(InvalidInput::new(format!(
+                        "--management-url {} must start with http://",
+                        redact(base)
+                    )));
+                }
+                base
+            }
+            None => {
+                let mut url = Url::parse("http://localhost:15672/").expect("a valid URL");
+                url.set_host(amqp_url.host_str())
+                    .map_err(|e| InvalidInput::new(format!("RabbitMQ host: {e}")))?;
+                derived = url;
+                &derived
+            }
+        };
+        let (user, password) = match (base.username(), amqp_url.username()) {
+            ("", "") => ("guest".to_string(), "guest".to_string()),
+            ("", user) => (decode(user), decode(amqp_url.password().unwrap_or(""))),
+            (user, _) => (decode(user), decode(base.password().unwrap_or(""))),
+        };
+        let mut clean = base.clone();
+        let _ = clean.set_username("");
+        let _ = clean.set_password(None);
+        if !clean.path().ends_with('/') {
+            let path = format!("{}/", clean.path());
+            clean.set_path(&path);
+        }
+        let vhost = match decode(amqp_url.path().trim_start_matches('/')) {
+            vhost if vhost.is_empty() => "/".to_string(),
+            vhost => vhost,
+        };
+        let credentials =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        Ok(Self {
+            base: clean,
+            vhost,
+            authorization: format!("Basic {credentials}"),
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(1))
+                .timeout(Duration::from_secs(3))
+                .build(),
+        })
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.base
+    }
+
+    /// The queue's unacked count; `None` when the queue has no statistics
+    /// yet (the broker samples them every few seconds).
+    pub fn unacked(&self, queue: &str) -> anyhow::Result<Option<u64>> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("{} cannot be a base URL", self.base))?
+            .pop_if_empty()
+            .extend(["api", "queues", &self.vhost, queue]);
+        url.set_query(Some("columns=messages_unacknowledged"));
+        let response = match self
+            .agent
+            .get(url.as_str())
+            .set("Authorization", &self.authorization)
+            .call()
+        {
+            Ok(response) => response,
+            Err(ureq::Error::Status(404, _)) => return Ok(None),
+            Err(ureq::Error::Status(code, response)) => {
+                anyhow::bail!("HTTP {code} {}", response.status_text())
+            }
+            // Not the transport error's Display: it repeats the URL.
+            Err(error) => match error.into_transport() {
+                Some(transport) => {
+                    let mut text = transport.kind().to_string();
+                    for detail in [
+                        transport.message().map(String::from),
+                        std::error::Error::source(&transport).map(|cause| cause.to_string()),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        text = format!("{text}: {detail}");
+                    }
+                    anyhow::bail!(text)
+                }
+                None => anyhow::bail!("the request failed"),
+            },
+        };
+        let body: serde_json::Value =
+            serde_json::from_reader(response.into_reader()).context("reading its answer")?;
+        Ok(body["messages_unacknowledged"].as_u64())
+    }
+}
+
+fn decode(part: &str) -> String {
+    url::form_urlencoded::parse(format!("x={part}").as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default()
+}
+
+pub fn collect(
+    settings: &Settings,
+    topology: &Topology,
+    management: &ManagementApi,
+) -> anyhow::Result<Status> {
     let mut conn = db::connect(&settings.database_url)?;
-    let (pending, oldest) = outbox::pending(&mut conn)?;
-    let deliveries = notifications::count_by_status(&mut conn)?
+    let (pending, oldest) = outbox::pending(&mut conn).context("reading the outbox")?;
+    let deliveries: BTreeMap<String, i64> = notifications::count_by_status(&mut conn)
+        .context("reading the delivery log")?
         .into_iter()
         .collect();
+    let top =
+        notifications::dead_by_error(&mut conn, TOP_REASONS).context("reading dead deliveries")?;
 
-    let mut connection = messaging::connect(&settings.amqp_url)?;
-    let channel = connection.open_channel(None)?;
-    topology.declare(&channel)?;
-    let mut queues = Vec::new();
-    for name in topology.queue_names() {
-        let queue = channel.queue_declare_passive(name.as_str())?;
-        queues.push(QueueStatus {
-            name,
-            ready: u64::from(queue.declared_message_count().unwrap_or(0)),
-            unacked: None,
-            consumers: u64::from(queue.declared_consumer_count().unwrap_or(0)),
-        });
+    let mut queues = broker_queues(&settings.amqp_url, topology)?;
+    let mut management_error = None;
+    for queue in &mut queues {
+        match management.unacked(&queue.name) {
+            Ok(unacked) => queue.unacked = unacked,
+            Err(error) => {
+                management_error = Some(format!("{error:#}"));
+                break;
+            }
+        }
     }
-    let _ = channel.close();
-    let _ = connection.close();
+    if management_error.is_some() {
+        // All or nothing: a half-filled column would mislead.
+        for queue in &mut queues {
+            queue.unacked = None;
+        }
+    }
 
-    let dlq_names: Vec<String> = topology
-        .consumers
-        .iter()
-        .map(|consumer| topology.dlq(consumer.name))
-        .collect();
     let dlq = queues
         .iter()
-        .filter(|queue| dlq_names.contains(&queue.name))
-        .map(|queue| queue.ready)
+        .filter(|queue| queue.kind == QueueKind::DeadLetter)
+        .map(|queue| queue.ready + queue.unacked.unwrap_or(0))
         .sum();
+    let dead_logged = deliveries.get(notifications::DEAD).copied().unwrap_or(0);
     Ok(Status {
         queues,
         outbox: OutboxStatus {
@@ -76,5 +251,137 @@ pub fn collect(settings: &Settings, topology: &Topology) -> anyhow::Result<Statu
         },
         deliveries,
         dlq,
+        dead_letters: dead_reasons(top, dead_logged, dlq),
+        management: ManagementStatus {
+            url: redact(management.url()),
+            error: management_error,
+        },
     })
+}
+
+/// Ready and consumers of every queue of the namespace, by passive declare
+/// after declaring the topology (so a fresh namespace shows zeros).
+fn broker_queues(url: &Url, topology: &Topology) -> anyhow::Result<Vec<QueueStatus>> {
+    let mut connection = messaging::connect(url)?;
+    let channel = connection.open_channel(None)?;
+    topology.declare(&channel)?;
+    let mut names = Vec::new();
+    for consumer in &topology.consumers {
+        names.push((topology.queue(consumer.name), QueueKind::Work));
+        for delay in &topology.retry_delays {
+            names.push((
+                topology.retry_queue(consumer.name, *delay),
+                QueueKind::Retry,
+            ));
+        }
+        names.push((topology.dlq(consumer.name), QueueKind::DeadLetter));
+    }
+    let mut queues = Vec::with_capacity(names.len());
+    for (name, kind) in names {
+        let queue = channel
+            .queue_declare_passive(name.as_str())
+            .with_context(|| format!("inspecting queue {name}"))?;
+        queues.push(QueueStatus {
+            ready: u64::from(queue.declared_message_count().unwrap_or(0)),
+            consumers: u64::from(queue.declared_consumer_count().unwrap_or(0)),
+            unacked: None,
+            kind,
+            name,
+        });
+    }
+    let _ = channel.close();
+    let _ = connection.close();
+    Ok(queues)
+}
+
+/// The delivery log's dead rows by last error, plus what the DLQs hold
+/// beyond them: a message that is not a valid event has no row.
+fn dead_reasons(top: Vec<(Option<String>, i64)>, dead_logged: i64, dlq: u64) -> Vec<DeadReason> {
+    let listed: i64 = top.iter().map(|(_, count)| count).sum();
+    let mut reasons: Vec<DeadReason> = top
+        .into_iter()
+        .map(|(error, count)| DeadReason {
+            reason: error.unwrap_or_else(|| "(no error recorded)".into()),
+            count,
+        })
+        .collect();
+    if dead_logged > listed {
+        reasons.push(DeadReason {
+            reason: "(other reasons)".into(),
+            count: dead_logged - listed,
+        });
+    }
+    let unlogged = i64::try_from(dlq).unwrap_or(i64::MAX) - dead_logged;
+    if unlogged > 0 {
+        reasons.push(DeadReason {
+            reason: "(not in the delivery log: not a valid order event)".into(),
+            count: unlogged,
+        });
+    }
+    reasons
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(amqp: &str, base: Option<&str>) -> ManagementApi {
+        let base = base.map(|raw| Url::parse(raw).unwrap());
+        ManagementApi::new(&Url::parse(amqp).unwrap(), base.as_ref()).unwrap()
+    }
+
+    fn basic(user_password: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_password)
+        )
+    }
+
+    #[test]
+    fn the_management_api_is_derived_from_the_amqp_url() {
+        let derived = api("amqp://admin:p%40ss@rabbit.internal:5672/%2f", None);
+        assert_eq!(derived.url().as_str(), "http://rabbit.internal:15672/");
+        assert_eq!(derived.vhost, "/");
+        assert_eq!(derived.authorization, basic("admin:p@ss"));
+
+        let defaults = api("amqp://127.0.0.1/shop", None);
+        assert_eq!(defaults.vhost, "shop");
+        assert_eq!(defaults.authorization, basic("guest:guest"));
+    }
+
+    #[test]
+    fn a_management_url_overrides_address_and_credentials() {
+        let own = api(
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            Some("http://ops:secret@127.0.0.1:15680/rabbit"),
+        );
+        assert_eq!(own.url().as_str(), "http://127.0.0.1:15680/rabbit/");
+        assert_eq!(own.authorization, basic("ops:secret"));
+        let err = ManagementApi::new(
+            &Url::parse("amqp://127.0.0.1").unwrap(),
+            Some(&Url::parse("https://u:hunter2@host").unwrap()),
+        )
+        .err()
+        .unwrap();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn dead_reasons_add_the_rest_and_the_unlogged() {
+        let reasons = dead_reasons(vec![(Some("unknown user 9".into()), 3), (None, 1)], 6, 8);
+        let counts: Vec<_> = reasons
+            .iter()
+            .map(|reason| (reason.reason.as_str(), reason.count))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("unknown user 9", 3),
+                ("(no error recorded)", 1),
+                ("(other reasons)", 2),
+                ("(not in the delivery log: not a valid order event)", 2),
+            ]
+        );
+        assert!(dead_reasons(vec![], 0, 0).is_empty());
+    }
 }

@@ -1,49 +1,149 @@
 //! `ordctl status`
 
-use ordctl::pipeline::status;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use ordctl::error::InvalidInput;
+use ordctl::pipeline::status::{self, ManagementApi, Status};
+use ordctl::shutdown::Shutdown;
+use url::Url;
 
 use super::Ctx;
 use crate::output;
 
-/// Show queue depths and consumers, the outbox backlog, deliveries by
-/// status and the dead-letter depth.
+/// Show every queue of the namespace (ready, unacked, consumers), the
+/// outbox backlog, deliveries by status and the dead letters by reason.
 ///
-/// Example: `ordctl status --json`
+/// `unacked` comes from the RabbitMQ management API (derived from the AMQP
+/// URL: http://HOST:15672 with its credentials) and is unknown without it.
+/// Examples: `ordctl status --json`, `ordctl status --watch 2`
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Redraw every SECS seconds until Ctrl-C (on a terminal, in place;
+    /// otherwise one snapshot after another, NDJSON with --json).
+    #[arg(long, value_name = "SECS")]
+    watch: Option<f64>,
+
+    /// RabbitMQ management API, e.g. http://user:pass@rabbit:15672 (default:
+    /// derived from the AMQP URL).
+    #[arg(
+        long,
+        env = "ORDCTL_MANAGEMENT_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    management_url: Option<String>,
+}
 
 impl Args {
-    pub fn run(self, ctx: &Ctx) -> anyhow::Result<()> {
-        let status = status::collect(&ctx.settings, &ctx.topology())?;
-        if ctx.json {
-            return output::json(&status);
+    /// `--watch` runs until a signal, so it must stop gracefully.
+    pub fn watches(&self) -> bool {
+        self.watch.is_some()
+    }
+
+    pub fn run(self, ctx: &Ctx, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let base = self
+            .management_url
+            .as_deref()
+            .map(|raw| {
+                Url::parse(raw).map_err(|e| {
+                    InvalidInput::new(format!(
+                        "--management-url {} is not a valid URL: {e}",
+                        ordctl::config::redact_str(raw)
+                    ))
+                })
+            })
+            .transpose()?;
+        let management = ManagementApi::new(&ctx.settings.amqp_url, base.as_ref())?;
+        let topology = ctx.topology();
+        let collect = || status::collect(&ctx.settings, &topology, &management);
+        let Some(secs) = self.watch else {
+            let status = collect()?;
+            return if ctx.json {
+                output::json(&status)
+            } else {
+                output::line(render(&status))
+            };
+        };
+        let interval = Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|interval| !interval.is_zero())
+            .ok_or_else(|| InvalidInput::new(format!("invalid --watch {secs}: use seconds > 0")))?;
+        let in_place = !ctx.json && std::io::stdout().is_terminal();
+        if in_place {
+            output::line("\x1b[2J")?;
         }
-        let mut queues = output::table(["queue", "ready", "unacked", "consumers"]);
-        for queue in &status.queues {
-            let unacked = queue.unacked.map_or("-".to_string(), |n| n.to_string());
-            queues.add_row(vec![
-                queue.name.clone(),
-                queue.ready.to_string(),
-                unacked,
-                queue.consumers.to_string(),
-            ]);
+        while !shutdown.is_triggered() {
+            // A watch outlives outages: it shows the error and keeps going.
+            let frame = match collect() {
+                Ok(status) if ctx.json => serde_json::to_string(&status)?,
+                Ok(status) => render(&status),
+                Err(error) if ctx.json => return Err(error),
+                Err(error) => format!("error: {error:#}"),
+            };
+            if in_place {
+                let now = chrono::Local::now().format("%H:%M:%S");
+                // Home, draw, clear whatever the previous frame left below.
+                let mut stdout = std::io::stdout().lock();
+                write!(
+                    stdout,
+                    "\x1b[H{now}  every {secs}s, Ctrl-C to stop\n{frame}\n\x1b[J"
+                )?;
+                stdout.flush()?;
+            } else {
+                output::line(frame)?;
+            }
+            shutdown.sleep(interval);
         }
-        output::line(queues)?;
-        let oldest = status
-            .outbox
-            .oldest_pending_secs
-            .map_or("-".to_string(), |secs| format!("{secs:.1}s"));
-        let mut summary = output::table(["outbox pending", "oldest pending", "dead letters"]);
-        summary.add_row(vec![
-            status.outbox.pending.to_string(),
-            oldest,
-            status.dlq.to_string(),
+        Ok(())
+    }
+}
+
+fn render(status: &Status) -> String {
+    let mut queues = output::table(["queue", "kind", "ready", "unacked", "consumers"]);
+    for queue in &status.queues {
+        queues.add_row(vec![
+            queue.name.clone(),
+            queue.kind.as_str().to_string(),
+            queue.ready.to_string(),
+            queue.unacked.map_or("?".to_string(), |n| n.to_string()),
+            queue.consumers.to_string(),
         ]);
-        output::line(summary)?;
+    }
+    let mut text = queues.to_string();
+    if let Some(error) = &status.management.error {
+        text.push_str(&format!(
+            "\nunacked unknown (?): the RabbitMQ management API at {} did not answer ({error}); \
+             pass --management-url if it lives elsewhere",
+            status.management.url
+        ));
+    }
+    let oldest = status
+        .outbox
+        .oldest_pending_secs
+        .map_or("-".to_string(), |secs| format!("{secs:.1}s"));
+    let mut summary = output::table(["outbox pending", "oldest pending", "dead letters"]);
+    summary.add_row(vec![
+        status.outbox.pending.to_string(),
+        oldest,
+        status.dlq.to_string(),
+    ]);
+    text.push_str(&format!("\n{summary}"));
+    if status.deliveries.is_empty() {
+        text.push_str("\nno deliveries yet");
+    } else {
         let mut deliveries = output::table(["delivery status", "count"]);
         for (state, count) in &status.deliveries {
             deliveries.add_row(vec![state.clone(), count.to_string()]);
         }
-        output::line(deliveries)
+        text.push_str(&format!("\n{deliveries}"));
     }
+    if !status.dead_letters.is_empty() {
+        let mut reasons = output::table(["dead-letter reason (delivery log)", "count"]);
+        for reason in &status.dead_letters {
+            reasons.add_row(vec![reason.reason.clone(), reason.count.to_string()]);
+        }
+        text.push_str(&format!("\n{reasons}"));
+    }
+    text
 }
