@@ -566,7 +566,6 @@ fn an_unreachable_database_exits_1_with_the_cause_chain_once() {
 }
 
 #[test]
-#[ignore = "bug: libpq's multi-line messages make the error two lines (main.rs prints {error:#} as is)"]
 fn an_operational_failure_is_reported_on_one_line() {
     let env = TestEnv::new();
     let run = env

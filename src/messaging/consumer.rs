@@ -4,6 +4,7 @@
 //! — always publishing (confirmed) before acking, so nothing is lost.
 //! Reconnects with backoff when the broker goes away.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -323,7 +324,17 @@ impl Slot<'_> {
         );
         let _entered = span.enter();
 
-        let result = self.handler.handle(&message);
+        // A poison message must not take the worker down: a panic in the
+        // handler is a permanent failure of that message.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.handle(&message)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(HandleError::Permanent(anyhow::anyhow!("the handler panicked: {what}")))
+            });
         let transient = matches!(result, Err(HandleError::Transient(_)));
         if let Err(error) = result {
             let spec = self.handler.spec();

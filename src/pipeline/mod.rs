@@ -2,6 +2,7 @@
 
 pub mod notify;
 pub mod place_order;
+pub mod replay;
 pub mod relay;
 pub mod seed;
 pub mod status;

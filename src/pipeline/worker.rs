@@ -11,6 +11,7 @@ use crate::config::Settings;
 use crate::db;
 use crate::mail::Mailer;
 use crate::messaging::consumer::{self, Activity, RunOptions};
+use crate::messaging;
 use crate::messaging::topology::Topology;
 use crate::shutdown::Shutdown;
 
@@ -54,8 +55,17 @@ pub fn run(
             scope.spawn(move || {
                 while !shutdown.is_triggered() {
                     if activity.idle_for() >= idle {
-                        tracing::info!("idle for {idle:?}; exiting");
-                        shutdown.trigger();
+                        // Messages waiting out a retry delay are work to do.
+                        match waiting_for_retry(&settings.amqp_url, topology) {
+                            Ok(0) | Err(_) => {
+                                tracing::info!("idle for {idle:?}; exiting");
+                                shutdown.trigger();
+                            }
+                            Ok(waiting) => {
+                                tracing::info!(waiting, "idle, but messages wait in retry queues");
+                                activity.touch();
+                            }
+                        }
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
@@ -72,4 +82,19 @@ pub fn run(
         shutdown.trigger();
         result
     })
+}
+
+/// How many messages sit in the namespace's retry queues.
+fn waiting_for_retry(url: &url::Url, topology: &Topology) -> anyhow::Result<u64> {
+    let mut connection = messaging::connect(url)?;
+    let channel = connection.open_channel(None)?;
+    let mut waiting = 0;
+    for consumer in &topology.consumers {
+        for delay in &topology.retry_delays {
+            let queue = channel.queue_declare_passive(topology.retry_queue(consumer.name, *delay))?;
+            waiting += u64::from(queue.declared_message_count().unwrap_or(0));
+        }
+    }
+    let _ = connection.close();
+    Ok(waiting)
 }

@@ -88,7 +88,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
             None => {
-                eprintln!("error: {error:#}");
+                // One line, even when a cause (libpq's, say) spans several.
+                let chain = format!("{error:#}");
+                eprintln!("error: {}", chain.split_whitespace().collect::<Vec<_>>().join(" "));
                 ExitCode::from(1)
             }
         },

@@ -4,6 +4,7 @@
 mod migrate;
 mod place_order;
 mod relay;
+mod replay_dlq;
 mod seed;
 mod status;
 mod worker;
@@ -31,6 +32,7 @@ pub enum Command {
     Seed(seed::Args),
     PlaceOrder(place_order::Args),
     Relay(relay::Args),
+    ReplayDlq(replay_dlq::Args),
     Worker(worker::Args),
     Status(status::Args),
 }
@@ -47,6 +49,7 @@ impl Command {
             Self::Seed(args) => args.run(ctx),
             Self::PlaceOrder(args) => args.run(ctx),
             Self::Relay(args) => args.run(ctx, shutdown),
+            Self::ReplayDlq(args) => args.run(ctx),
             Self::Worker(args) => args.run(ctx, shutdown),
             Self::Status(args) => args.run(ctx),
         }

@@ -26,7 +26,8 @@ pub struct Args {
     #[arg(long)]
     no_relay: bool,
 
-    /// Exit 0 after this many seconds with nothing to do (for scripts and CI).
+    /// Exit 0 after this many seconds with nothing to do (for scripts and
+    /// CI); messages waiting in retry queues count as something to do.
     #[arg(long, value_name = "SECS")]
     exit_when_idle: Option<f64>,
 }

@@ -1,0 +1,569 @@
+//! The fault suite: the pipeline under SIGKILL, a RabbitMQ restart, a Redis
+//! outage, an SMTP server answering 451 and then 550, always against real
+//! services. A scenario that stops a service starts its own instance of it
+//! on another port, never disturbing the shared one. Each scenario prints
+//! orders placed, unique emails received (by Message-ID), duplicates and dead
+//! letters, and fails on any loss.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::sync::{Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, wait_until, Email, Running, SmtpSink, TestEnv};
+
+/// How long a scenario may wait for the pipeline to catch up.
+const CATCH_UP: Duration = Duration::from_secs(180);
+
+/// Scenarios are heavy (thousands of orders, a RabbitMQ node of their own)
+/// and time-sensitive: they run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a scenario ended with.
+struct Tally {
+    placed: usize,
+    unique: usize,
+    duplicates: usize,
+    dead: u32,
+}
+
+/// Counts the emails against the orders, prints the scenario's line, and
+/// asserts every order got its email: nothing lost, nothing foreign.
+fn tally(scenario: &str, env: &TestEnv, emails: &[Email]) -> Tally {
+    let expected: BTreeSet<String> = event_ids(env)
+        .into_iter()
+        .map(|id| format!("<{id}@ordctl>"))
+        .collect();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for email in emails {
+        *seen.entry(email.message_id.as_str()).or_default() += 1;
+    }
+    let unique: BTreeSet<String> = seen.keys().map(|id| id.to_string()).collect();
+    let tally = Tally {
+        placed: expected.len(),
+        unique: unique.len(),
+        duplicates: emails.len() - unique.len(),
+        // From the delivery log: a scenario may run its own broker.
+        dead: env.scalar("SELECT count(*) AS n FROM notifications WHERE status = 'dead'") as u32,
+    };
+    // Straight to stderr, past the test harness's capture: the figures are
+    // the suite's report, shown whether the scenario passes or fails.
+    let _ = writeln!(
+        std::io::stderr(),
+        "{scenario}: orders placed {}, unique emails {}, duplicates {}, dead letters {}",
+        tally.placed,
+        tally.unique,
+        tally.duplicates,
+        tally.dead
+    );
+    let lost: Vec<_> = expected.difference(&unique).take(5).collect();
+    assert!(
+        lost.is_empty(),
+        "{scenario}: {} orders got no email, e.g. {lost:?}",
+        expected.len() - unique.len().min(expected.len())
+    );
+    let foreign: Vec<_> = unique.difference(&expected).take(5).collect();
+    assert!(
+        foreign.is_empty(),
+        "{scenario}: emails for no order: {foreign:?}"
+    );
+    tally
+}
+
+fn event_ids(env: &TestEnv) -> Vec<String> {
+    use diesel::prelude::*;
+    use ordctl::db::schema::outbox;
+    let ids: Vec<uuid::Uuid> = outbox::table
+        .select(outbox::event_id)
+        .load(&mut env.db())
+        .expect("reading event ids");
+    ids.into_iter().map(|id| id.to_string()).collect()
+}
+
+/// Waits until every order has its email, then returns them all.
+fn wait_for_all_emails(env: &TestEnv, emails: impl Fn() -> Vec<Email>) -> Vec<Email> {
+    let orders = env.count("orders") as usize;
+    wait_until(
+        &format!("an email for each of {orders} orders"),
+        CATCH_UP,
+        || {
+            emails()
+                .iter()
+                .map(|email| &email.message_id)
+                .collect::<BTreeSet<_>>()
+                .len()
+                >= orders
+        },
+    );
+    emails()
+}
+
+fn kill(running: &Running, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &running.pid().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill {signal} failed");
+}
+
+#[test]
+fn sigkill_of_the_worker_three_times_while_draining_loses_no_order() {
+    let _serial = one_at_a_time();
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    env.ordctl([
+        "place-order",
+        "--count",
+        "2000",
+        "--concurrency",
+        "4",
+        "--amount",
+        "9.99",
+    ])
+    .assert_code(0);
+
+    for round in 1..=3 {
+        let before = env.emails().len();
+        let worker = env.spawn_worker(&["--concurrency", "4"]);
+        wait_until("the worker to send some emails", CATCH_UP, || {
+            env.emails().len() >= before + 100
+        });
+        kill(&worker, "-KILL");
+        let run = worker.wait();
+        assert_eq!(
+            run.code, None,
+            "round {round}: the worker should have died of SIGKILL"
+        );
+    }
+    env.run_worker(&["--concurrency", "4"]);
+
+    let emails = wait_for_all_emails(&env, || env.emails());
+    let tally = tally("sigkill x3", &env, &emails);
+    assert_eq!(tally.placed, 2000);
+    assert_eq!(tally.dead, 0);
+    // A duplicate can only be a send the SMTP server accepted just before a
+    // kill: at most one in flight per slot per kill.
+    assert!(tally.duplicates <= 3 * 4, "{} duplicates", tally.duplicates);
+    assert_eq!(
+        env.scalar("SELECT count(*) AS n FROM notifications WHERE status = 'sent'"),
+        2000
+    );
+}
+
+#[test]
+fn a_rabbitmq_restart_under_load_loses_nothing() {
+    let _serial = one_at_a_time();
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let broker = RabbitNode::start(&env.id);
+    let amqp = [("AMQP_URL", broker.url())];
+    let amqp: Vec<(&str, &str)> = amqp.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let worker = Running::spawn(env.command_with_env(["worker", "--concurrency", "4"], &amqp));
+    let placer = Running::spawn(env.command_with_env(
+        [
+            "place-order",
+            "--count",
+            "1500",
+            "--concurrency",
+            "2",
+            "--amount",
+            "5",
+        ],
+        &amqp,
+    ));
+    wait_until("some emails before the restart", CATCH_UP, || {
+        env.emails().len() >= 100
+    });
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    broker.restart();
+    placer.wait().assert_code(0);
+
+    let emails = wait_for_all_emails(&env, || env.emails());
+    worker.terminate();
+    worker.wait().assert_code(0);
+    let tally = tally("rabbitmq restart", &env, &emails);
+    assert_eq!(tally.placed, 1500);
+    assert_eq!(tally.dead, 0);
+    assert_eq!(
+        tally.duplicates, 0,
+        "the worker was never killed: no duplicate is acceptable"
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL"),
+        0
+    );
+}
+
+#[test]
+fn a_redis_outage_does_not_stop_delivery() {
+    let _serial = one_at_a_time();
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let mut redis = RedisServer::start();
+    let redis_url = [("REDIS_URL", redis.url())];
+    let redis_url: Vec<(&str, &str)> = redis_url.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let worker = Running::spawn(env.command_with_env(["worker", "--concurrency", "4"], &redis_url));
+    env.ordctl([
+        "place-order",
+        "--count",
+        "300",
+        "--concurrency",
+        "2",
+        "--amount",
+        "5",
+    ])
+    .assert_code(0);
+    wait_until("some emails with Redis up", CATCH_UP, || {
+        env.emails().len() >= 50
+    });
+    redis.stop();
+    env.ordctl([
+        "place-order",
+        "--count",
+        "300",
+        "--concurrency",
+        "2",
+        "--amount",
+        "6",
+    ])
+    .assert_code(0);
+    redis.resume();
+    env.ordctl([
+        "place-order",
+        "--count",
+        "100",
+        "--concurrency",
+        "2",
+        "--amount",
+        "7",
+    ])
+    .assert_code(0);
+
+    let emails = wait_for_all_emails(&env, || env.emails());
+    worker.terminate();
+    worker.wait().assert_code(0);
+    let tally = tally("redis outage", &env, &emails);
+    assert_eq!((tally.placed, tally.duplicates, tally.dead), (700, 0, 0));
+}
+
+#[test]
+fn smtp_answering_451_for_a_while_then_recovering_delivers_each_order_once() {
+    let _serial = one_at_a_time();
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let port = free_port();
+    let smtp_url = format!("smtp://127.0.0.1:{port}");
+    let mut rejecting = PostfixSink::start(port, "-r", env.dir());
+
+    env.ordctl([
+        "place-order",
+        "--count",
+        "40",
+        "--concurrency",
+        "2",
+        "--amount",
+        "3",
+    ])
+    .assert_code(0);
+    let worker = Running::spawn(
+        env.command_with_env(["worker", "--concurrency", "4"], &[("SMTP_URL", &smtp_url)]),
+    );
+    wait_until("every order to fail at least once with 451", CATCH_UP, || {
+        env.scalar("SELECT count(DISTINCT order_id) AS n FROM delivery_attempts WHERE outcome = 'retrying'") >= 20
+    });
+    rejecting.stop();
+    let sink = SmtpSink::start_at(&env.dir().join("recovered"), port);
+
+    let emails = wait_for_all_emails(&env, || sink.emails());
+    worker.terminate();
+    worker.wait().assert_code(0);
+    let tally = tally("smtp 451 then recovery", &env, &emails);
+    assert_eq!((tally.placed, tally.duplicates, tally.dead), (20, 0, 0));
+    let reply = env.scalar("SELECT count(*) AS n FROM delivery_attempts WHERE outcome = 'retrying' AND error LIKE '%45%'");
+    assert!(
+        reply >= 20,
+        "each 451 is in the delivery log with its reply"
+    );
+}
+
+#[test]
+fn smtp_550_dead_letters_and_replay_after_the_fix_delivers_once() {
+    let _serial = one_at_a_time();
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let port = free_port();
+    let smtp_url = format!("smtp://127.0.0.1:{port}");
+    let mut rejecting = PostfixSink::start(port, "-f", env.dir());
+
+    env.ordctl([
+        "place-order",
+        "--count",
+        "300",
+        "--concurrency",
+        "2",
+        "--amount",
+        "3",
+    ])
+    .assert_code(0);
+    env.ordctl_with_env(
+        ["worker", "--exit-when-idle", "2"],
+        &[("SMTP_URL", &smtp_url)],
+    )
+    .assert_code(0);
+    assert_eq!(
+        env.queue_depth(&env.dlq()),
+        300,
+        "a 5xx is permanent: dead-lettered at once"
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) AS n FROM notifications WHERE status = 'dead'"),
+        300
+    );
+    let listed = env
+        .ordctl(["replay-dlq", "--dry-run", "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(listed["replayed"], 0);
+    assert_eq!(listed["messages"].as_array().expect("messages").len(), 300);
+    assert!(
+        listed["messages"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("(500)"),
+        "{listed}"
+    );
+    assert_eq!(env.queue_depth(&env.dlq()), 300, "--dry-run moves nothing");
+
+    // Killed mid-run, replay loses nothing: each message is in the DLQ or
+    // back in the work queue (or, published but not yet acked, in both).
+    let replay = env.spawn(["replay-dlq"]);
+    std::thread::sleep(Duration::from_millis(300));
+    kill(&replay, "-KILL");
+    replay.wait();
+    wait_until(
+        "the killed replay's unacked messages to return",
+        Duration::from_secs(10),
+        || env.queue_depth(&env.dlq()) + env.queue_depth(&env.work_queue()) >= 300,
+    );
+
+    rejecting.stop();
+    let sink = SmtpSink::start_at(&env.dir().join("fixed"), port);
+    let replayed = env.ordctl(["replay-dlq", "--json"]).assert_code(0).json();
+    assert_eq!(replayed["remaining"], 0, "{replayed}");
+    env.ordctl_with_env(
+        ["worker", "--exit-when-idle", "2"],
+        &[("SMTP_URL", &smtp_url)],
+    )
+    .assert_code(0);
+
+    let emails = wait_for_all_emails(&env, || sink.emails());
+    let tally = tally("smtp 550, fix, replay", &env, &emails);
+    assert_eq!((tally.placed, tally.duplicates, tally.dead), (300, 0, 0));
+
+    // Replaying an event that was already delivered sends nothing.
+    let again = env.ordctl(["replay-dlq", "--json"]).assert_code(0).json();
+    assert_eq!(again["replayed"], 0);
+    assert_eq!(sink.emails().len(), 300);
+}
+
+/// A RabbitMQ node of the scenario's own, on free ports, with its own data
+/// directory: stopping it never disturbs the shared broker.
+struct RabbitNode {
+    node: String,
+    port: u16,
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+}
+
+impl RabbitNode {
+    fn start(id: &str) -> Self {
+        let (port, dist_port) = (free_port(), free_port());
+        let node = format!("ordctl_{id}@localhost");
+        // Under /var/lib/rabbitmq: the server scripts run as the rabbitmq user.
+        let dir = PathBuf::from(format!("/var/lib/rabbitmq/ordctl-test-{id}"));
+        std::fs::create_dir_all(&dir).expect("creating the node's directory");
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+        )
+        .expect("config");
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("plugins");
+        let status = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&dir)
+            .status()
+            .expect("chown");
+        assert!(status.success());
+        let path = |name: &str| dir.join(name).display().to_string();
+        let env = vec![
+            ("RABBITMQ_NODENAME".to_string(), node.clone()),
+            ("RABBITMQ_NODE_PORT".to_string(), port.to_string()),
+            ("RABBITMQ_DIST_PORT".to_string(), dist_port.to_string()),
+            ("RABBITMQ_CONFIG_FILE".to_string(), path("rabbitmq.conf")),
+            (
+                "RABBITMQ_ENABLED_PLUGINS_FILE".to_string(),
+                path("enabled_plugins"),
+            ),
+            ("RABBITMQ_MNESIA_BASE".to_string(), path("mnesia")),
+            ("RABBITMQ_LOG_BASE".to_string(), path("log")),
+            ("RABBITMQ_PID_FILE".to_string(), path("pid")),
+        ];
+        let broker = Self {
+            node,
+            port,
+            env,
+            dir,
+        };
+        broker.restart();
+        broker
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Starts the node (again) and waits until it accepts clients.
+    fn restart(&self) {
+        let status = Command::new("rabbitmq-server")
+            .arg("-detached")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .status()
+            .expect("starting rabbitmq-server");
+        assert!(status.success(), "rabbitmq-server -detached failed");
+        // `-detached` returns before the node registers with epmd, and until
+        // then `await_startup` fails at once: poll until it answers.
+        let log = self.dir.join("log");
+        wait_until(&format!("the scenario's RabbitMQ node (log: {})", log.display()), Duration::from_secs(180), || {
+            self.ctl(&["await_startup", "--timeout", "10"])
+        });
+        wait_until("the node's AMQP listener", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    /// Stops the whole node, as an operator's restart would.
+    fn stop(&self) {
+        self.ctl(&["stop"]);
+    }
+
+    fn ctl(&self, args: &[&str]) -> bool {
+        Command::new("rabbitmqctl")
+            .args(["-n", &self.node])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        self.stop();
+        // A failed scenario keeps the node's logs for a look.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A Redis server of the scenario's own, keeping nothing on disk.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let mut server = Self {
+            port: free_port(),
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts the server (again) on its port.
+    fn resume(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        self.child = Some(child);
+        wait_until("redis-server", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Postfix's smtp-sink rejecting every recipient: `-r` answers 4xx (soft),
+/// `-f` 5xx (hard).
+struct PostfixSink(Child);
+
+impl PostfixSink {
+    fn start(port: u16, reject: &str, dir: &Path) -> Self {
+        let log = std::fs::File::create(dir.join(format!("smtp-sink-{port}.log"))).expect("log");
+        let child = Command::new("/usr/sbin/smtp-sink")
+            .args(["-u", "nobody", reject, "RCPT"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("100")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting smtp-sink (Debian package postfix; scripts/services.sh installs it)");
+        wait_until("smtp-sink", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self(child)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for PostfixSink {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
