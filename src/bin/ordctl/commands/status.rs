@@ -113,8 +113,8 @@ fn render(status: &Status) -> String {
     let mut text = queues.to_string();
     if let Some(error) = &status.management.error {
         text.push_str(&format!(
-            "\nunacked unknown (?): the RabbitMQ management API at {} did not answer ({error}); \
-             pass --management-url if it lives elsewhere",
+            "\nunacked unknown (?): the RabbitMQ management API at {} failed ({error}); \
+             enable rabbitmq_management there or pass --management-url",
             status.management.url
         ));
     }
