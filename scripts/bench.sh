@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Usage: scripts/bench.sh [ORDCTL BENCH ARGS...]
+#   e.g. scripts/bench.sh --orders 20000 --concurrency 4 --json
+#
+# Reproduces the figures in BENCHMARKS.md: makes sure the services run
+# (scripts/services.sh), installs Postfix's smtp-sink (a fast, real SMTP
+# server that accepts and discards mail) if it is missing, builds the release
+# binary, starts smtp-sink on a free loopback port and runs
+# `ordctl bench` against it. `ordctl bench` makes its own throw-away database
+# and namespace and removes them at the end, so no user data is touched.
+# The figures go to stdout (a table, or JSON with --json); progress to
+# stderr. The sink is stopped when the script exits, however it exits.
+
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+SINK=/usr/sbin/smtp-sink
+
+# Postfix is only here for its smtp-sink tool: answer the installer's
+# question with "No configuration" so no mail server is set up or started.
+install_smtp_sink() {
+  [[ -x $SINK ]] && return
+  if ! is_installed postfix && command -v debconf-set-selections >/dev/null; then
+    echo 'postfix postfix/main_mailer_type select No configuration' |
+      as_root debconf-set-selections
+  fi
+  apt_install postfix
+  [[ -x $SINK ]] || die "postfix is installed but $SINK is missing"
+}
+
+# free_port — a loopback TCP port nothing listens on, from the ephemeral range.
+free_port() {
+  local port
+  for _ in $(seq 100); do
+    port=$((20000 + RANDOM % 20000))
+    port_open 127.0.0.1 "$port" || {
+      printf '%s' "$port"
+      return
+    }
+  done
+  die "found no free loopback port"
+}
+
+require_cargo
+install_smtp_sink
+scripts/services.sh >/dev/null
+run cargo build --release --quiet
+
+port=$(free_port)
+# -u nobody: smtp-sink drops root privileges to this user (it refuses to run
+# as root otherwise). The last argument is the listen backlog.
+sink_user=()
+[[ $(id -u) -eq 0 ]] && sink_user=(-u nobody)
+"$SINK" "${sink_user[@]}" "127.0.0.1:$port" 1000 &
+sink_pid=$!
+trap 'kill "$sink_pid" 2>/dev/null || true' EXIT
+wait_for_port 127.0.0.1 "$port" 10 smtp-sink
+log "smtp-sink (pid $sink_pid) listening on 127.0.0.1:$port"
+
+# Not exec: the EXIT trap must stop the sink after the benchmark.
+SMTP_URL="smtp://127.0.0.1:$port" run target/release/ordctl bench "$@"

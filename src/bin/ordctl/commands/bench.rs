@@ -1,0 +1,109 @@
+//! `ordctl bench`
+
+use anyhow::Context;
+use ordctl::bench::{self, Options, Report};
+use ordctl::error::InvalidInput;
+use ordctl::shutdown::Shutdown;
+
+use super::Ctx;
+use crate::output;
+
+/// Measure this machine's raw limits (Postgres, RabbitMQ, SMTP without
+/// ordctl) and the pipeline's place rate, drain rate, latency and worker
+/// memory, each as a ratio of the raw limit.
+///
+/// Needs a real SMTP server (--smtp-url / SMTP_URL). Works in its own
+/// throw-away database and namespace, removed at the end. Build with
+/// --release for real figures. Example: `scripts/bench.sh` or
+/// `SMTP_URL=smtp://127.0.0.1:2525 ordctl bench --orders 3000 --json`
+#[derive(clap::Args)]
+pub struct Args {
+    /// Orders placed and drained, and operations per raw phase.
+    #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(1..))]
+    orders: u64,
+
+    /// Threads placing orders, and connections of each raw phase.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+
+    /// `ordctl worker --concurrency` for the drain and latency phases.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_concurrency: u16,
+
+    /// Orders per second offered in the latency phase (default: half the
+    /// measured place rate).
+    #[arg(long, value_name = "PER_SEC")]
+    latency_rate: Option<f64>,
+
+    /// How long the latency phase offers its load.
+    #[arg(long, default_value_t = 20.0, value_name = "SECS")]
+    latency_secs: f64,
+}
+
+impl Args {
+    pub fn run(self, ctx: &Ctx, shutdown: &Shutdown) -> anyhow::Result<()> {
+        if self
+            .latency_rate
+            .is_some_and(|rate| !(rate > 0.0 && rate.is_finite()))
+        {
+            return Err(InvalidInput::new("--latency-rate must be a positive number").into());
+        }
+        if !(self.latency_secs > 0.0 && self.latency_secs.is_finite()) {
+            return Err(InvalidInput::new("--latency-secs must be a positive number").into());
+        }
+        let options = Options {
+            orders: self.orders,
+            concurrency: self.concurrency,
+            worker_concurrency: self.worker_concurrency,
+            latency_rate: self.latency_rate,
+            latency_secs: self.latency_secs,
+            worker_exe: std::env::current_exe().context("locating the ordctl binary")?,
+        };
+        let report = bench::run(&ctx.settings, &options, shutdown)?;
+        if ctx.json {
+            return output::json(&report);
+        }
+        print_table(&report)
+    }
+}
+
+fn print_table(report: &Report) -> anyhow::Result<()> {
+    let machine = &report.machine;
+    output::line(format!(
+        "{} · {} cores ({}) · {} GiB · Linux {} · CPU {:.0}% busy before · {} orders, concurrency {}, worker concurrency {}",
+        report.started_at.format("%Y-%m-%d %H:%M UTC"),
+        machine.cpus,
+        machine.cpu_model,
+        machine.memory_gib,
+        machine.kernel,
+        report.cpu_busy_before * 100.0,
+        report.parameters.orders,
+        report.parameters.concurrency,
+        report.parameters.worker_concurrency,
+    ))?;
+    let mut table = output::table(["figure", "value", "vs raw limit", "target", "met"]);
+    for figure in &report.figures {
+        let value = if figure.value >= 100.0 {
+            format!("{:.0} {}", figure.value, figure.unit)
+        } else {
+            format!("{:.1} {}", figure.value, figure.unit)
+        };
+        let ratio = match (&figure.baseline, figure.ratio) {
+            (Some(baseline), Some(ratio)) => format!("{ratio:.2} × {baseline}"),
+            _ => String::new(),
+        };
+        let met = match figure.met {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "",
+        };
+        table.add_row(vec![
+            figure.name.clone(),
+            value,
+            ratio,
+            figure.target.clone().unwrap_or_default(),
+            met.to_string(),
+        ]);
+    }
+    output::line(table)
+}

@@ -1,0 +1,116 @@
+//! `ordctl bench` with a tiny load: proves every phase runs and the JSON
+//! carries every figure. It asserts nothing about speed — benchmarks are
+//! never timed tests; the real figures are in BENCHMARKS.md.
+
+mod common;
+
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use serde_json::Value;
+
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    datname: String,
+}
+
+#[test]
+fn bench_with_a_tiny_load_reports_every_figure_and_cleans_up() {
+    let env = common::TestEnv::new();
+    let run = env
+        .ordctl([
+            "bench",
+            "--orders",
+            "20",
+            "--concurrency",
+            "2",
+            "--worker-concurrency",
+            "2",
+            "--latency-rate",
+            "20",
+            "--latency-secs",
+            "1",
+            "--json",
+        ])
+        .assert_code(0);
+    let report = run.json();
+
+    for path in [
+        "/raw/postgres_order_tx/per_sec",
+        "/raw/amqp_publish_confirm_each/per_sec",
+        "/raw/amqp_consume_prefetch_1/per_sec",
+        "/raw/amqp_publish_confirm_per_100/per_sec",
+        "/raw/amqp_consume_prefetch_100/per_sec",
+        "/raw/smtp_send/per_sec",
+        "/pipeline/place/per_sec",
+        "/pipeline/drain/per_sec",
+        "/pipeline/latency/achieved_per_sec",
+        "/pipeline/latency/commit_to_smtp_250_ms/p50",
+        "/pipeline/latency/commit_to_smtp_250_ms/p95",
+        "/pipeline/latency/commit_to_smtp_250_ms/p99",
+        "/pipeline/latency/commit_to_sent_at_ms/p99",
+        "/pipeline/latency/relay_lag_ms/p99",
+        "/worker/peak_rss_mib",
+    ] {
+        let value = report.pointer(path).and_then(Value::as_f64);
+        assert!(
+            value.is_some_and(|v| v > 0.0),
+            "{path} is {value:?} in:\n{report:#}"
+        );
+    }
+    assert_eq!(report["pipeline"]["place"]["count"], 20);
+    assert_eq!(report["pipeline"]["drain"]["count"], 20);
+    assert_eq!(
+        report["pipeline"]["latency"]["commit_to_smtp_250_ms"]["samples"],
+        20
+    );
+    let figures = report["figures"].as_array().expect("a figures array");
+    let ratios: Vec<&str> = figures
+        .iter()
+        .filter(|figure| figure["ratio"].is_number())
+        .map(|figure| figure["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        ratios.iter().any(|name| name.starts_with("place rate"))
+            && ratios
+                .iter()
+                .any(|name| name.starts_with("end-to-end drain")),
+        "{ratios:?}"
+    );
+
+    // The scratch database and queues are gone.
+    let database = report["parameters"]["database"].as_str().unwrap();
+    let namespace = report["parameters"]["namespace"].as_str().unwrap();
+    assert!(database.starts_with("ordctl_bench_"), "{database}");
+    let mut admin =
+        PgConnection::establish(&format!("{}/postgres", common::POSTGRES_SERVER)).unwrap();
+    let left: Vec<String> = diesel::sql_query("SELECT datname FROM pg_database WHERE datname = $1")
+        .bind::<Text, _>(database)
+        .load::<Name>(&mut admin)
+        .unwrap()
+        .into_iter()
+        .map(|row| row.datname)
+        .collect();
+    assert!(left.is_empty(), "{left:?} was left behind");
+    let mut broker = amiquip::Connection::insecure_open(common::AMQP_URL).unwrap();
+    let channel = broker.open_channel(None).unwrap();
+    let work_queue = format!("{namespace}.notifications");
+    assert!(
+        channel.queue_declare_passive(work_queue.as_str()).is_err(),
+        "{work_queue} was left behind"
+    );
+    let _ = broker.close();
+}
+
+#[test]
+fn bench_without_an_smtp_server_is_refused_with_exit_2() {
+    let env = common::TestEnv::new();
+    let run = env
+        .ordctl_with_env(["bench", "--orders", "5"], &[("SMTP_URL", "")])
+        .assert_code(2);
+    assert!(
+        run.stderr.contains("needs a real SMTP server"),
+        "{}",
+        run.stderr
+    );
+}
