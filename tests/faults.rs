@@ -9,9 +9,9 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
-use std::sync::{Mutex, MutexGuard};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::{free_port, wait_until, Email, Running, SmtpSink, TestEnv};
@@ -24,7 +24,9 @@ const CATCH_UP: Duration = Duration::from_secs(180);
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn one_at_a_time() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What a scenario ended with.
@@ -279,9 +281,13 @@ fn smtp_answering_451_for_a_while_then_recovering_delivers_each_order_once() {
     let worker = Running::spawn(
         env.command_with_env(["worker", "--concurrency", "4"], &[("SMTP_URL", &smtp_url)]),
     );
-    wait_until("every order to fail at least once with 451", CATCH_UP, || {
-        env.scalar("SELECT count(DISTINCT order_id) AS n FROM delivery_attempts WHERE outcome = 'retrying'") >= 20
-    });
+    wait_until(
+        "every order to fail at least once with 451",
+        CATCH_UP,
+        || {
+            env.scalar("SELECT count(DISTINCT order_id) AS n FROM delivery_attempts WHERE outcome = 'retrying'") >= 20
+        },
+    );
     rejecting.stop();
     let sink = SmtpSink::start_at(&env.dir().join("recovered"), port);
 
@@ -445,9 +451,11 @@ impl RabbitNode {
         // `-detached` returns before the node registers with epmd, and until
         // then `await_startup` fails at once: poll until it answers.
         let log = self.dir.join("log");
-        wait_until(&format!("the scenario's RabbitMQ node (log: {})", log.display()), Duration::from_secs(180), || {
-            self.ctl(&["await_startup", "--timeout", "10"])
-        });
+        wait_until(
+            &format!("the scenario's RabbitMQ node (log: {})", log.display()),
+            Duration::from_secs(180),
+            || self.ctl(&["await_startup", "--timeout", "10"]),
+        );
         wait_until("the node's AMQP listener", Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
         });

@@ -713,17 +713,27 @@ fn quorum_queues_carry_orders_end_to_end() {
     env.migrate_and_seed();
     let quorum = [("ORDCTL_QUEUE_TYPE", "quorum")];
     let placed = env
-        .ordctl_with_env(["place-order", "--user", "2", "--amount", "12.34", "--json"], &quorum)
+        .ordctl_with_env(
+            ["place-order", "--user", "2", "--amount", "12.34", "--json"],
+            &quorum,
+        )
         .assert_code(0)
         .json();
     assert_eq!(placed["published"], true);
-    env.ordctl_with_env(["worker", "--exit-when-idle", "2"], &quorum).assert_code(0);
+    env.ordctl_with_env(["worker", "--exit-when-idle", "2"], &quorum)
+        .assert_code(0);
 
     let emails = env.emails();
     assert_eq!(emails.len(), 1, "{emails:#?}");
     assert!(emails[0].body.contains("12.34"), "{}", emails[0].body);
     // The queues exist as quorum queues now: declaring them classic fails
     // with a clear message naming the flag.
-    let classic = env.ordctl(["place-order", "--user", "2", "--amount", "1"]).assert_code(0);
-    assert!(classic.stderr.contains("--queue-type"), "{}", classic.stderr);
+    let classic = env
+        .ordctl(["place-order", "--user", "2", "--amount", "1"])
+        .assert_code(0);
+    assert!(
+        classic.stderr.contains("--queue-type"),
+        "{}",
+        classic.stderr
+    );
 }

@@ -79,3 +79,17 @@ pub fn count_by_status(conn: &mut PgConnection) -> QueryResult<Vec<(String, i64)
         .order(notifications::status)
         .load(conn)
 }
+
+/// Dead deliveries grouped by their last error, most frequent first.
+pub fn dead_by_error(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> QueryResult<Vec<(Option<String>, i64)>> {
+    notifications::table
+        .filter(notifications::status.eq(DEAD))
+        .group_by(notifications::last_error)
+        .select((notifications::last_error, diesel::dsl::count_star()))
+        .order((diesel::dsl::count_star().desc(), notifications::last_error))
+        .limit(limit)
+        .load(conn)
+}

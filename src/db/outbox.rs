@@ -67,3 +67,12 @@ pub fn pending(conn: &mut PgConnection) -> QueryResult<(i64, Option<DateTime<Utc
         .select((count_star(), min(outbox::created_at)))
         .first(conn)
 }
+
+/// The events of one order (normally one), oldest first.
+pub fn for_order(conn: &mut PgConnection, order_id: i64) -> QueryResult<Vec<OutboxRow>> {
+    outbox::table
+        .filter(outbox::order_id.eq(order_id))
+        .order(outbox::id)
+        .select(OutboxRow::as_select())
+        .load(conn)
+}

@@ -317,10 +317,13 @@ impl Slot<'_> {
             message_id: properties.message_id().as_deref(),
             attempt,
         };
+        // Handlers record what they know of the message (order_id), so every
+        // line about it — including the failure routing below — carries it.
         let span = tracing::info_span!(
             "message",
             message_id = message.message_id.unwrap_or("-"),
-            attempt
+            attempt,
+            order_id = tracing::field::Empty
         );
         let _entered = span.enter();
 
@@ -333,7 +336,9 @@ impl Slot<'_> {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                Err(HandleError::Permanent(anyhow::anyhow!("the handler panicked: {what}")))
+                Err(HandleError::Permanent(anyhow::anyhow!(
+                    "the handler panicked: {what}"
+                )))
             });
         let transient = matches!(result, Err(HandleError::Transient(_)));
         if let Err(error) = result {

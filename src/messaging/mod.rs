@@ -3,6 +3,7 @@
 
 pub mod consumer;
 pub mod publisher;
+pub mod tap;
 pub mod topology;
 
 use std::time::Duration;

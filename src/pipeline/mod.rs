@@ -2,10 +2,11 @@
 
 pub mod notify;
 pub mod place_order;
-pub mod replay;
 pub mod relay;
+pub mod replay;
 pub mod seed;
 pub mod status;
+pub mod trace;
 pub mod worker;
 
 use crate::config::Settings;

@@ -90,9 +90,8 @@ impl Handler for Notifier {
         let event = OrderCreated::from_json(message.body).map_err(|e| {
             HandleError::Permanent(e.context("the message is not a valid order.created event"))
         })?;
-        let span =
-            tracing::info_span!("event", event_id = %event.event_id, order_id = event.order.id);
-        let _entered = span.enter();
+        // The consumer's `message` span (its message_id is the event id).
+        tracing::Span::current().record("order_id", event.order.id);
         self.deliver(&event, message.attempt).map(drop)
     }
 

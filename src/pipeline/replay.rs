@@ -4,7 +4,6 @@
 //! crash mid-run requeues it), and a run moves at most what the DLQ held
 //! when it started, so a message that fails again is not looped.
 
-
 use amiquip::{AmqpValue, FieldTable, Get};
 use anyhow::Context;
 use chrono::{DateTime, Utc};

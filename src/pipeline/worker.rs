@@ -10,8 +10,8 @@ use crate::cache::UserCache;
 use crate::config::Settings;
 use crate::db;
 use crate::mail::Mailer;
-use crate::messaging::consumer::{self, Activity, RunOptions};
 use crate::messaging;
+use crate::messaging::consumer::{self, Activity, RunOptions};
 use crate::messaging::topology::Topology;
 use crate::shutdown::Shutdown;
 
@@ -91,7 +91,8 @@ fn waiting_for_retry(url: &url::Url, topology: &Topology) -> anyhow::Result<u64>
     let mut waiting = 0;
     for consumer in &topology.consumers {
         for delay in &topology.retry_delays {
-            let queue = channel.queue_declare_passive(topology.retry_queue(consumer.name, *delay))?;
+            let queue =
+                channel.queue_declare_passive(topology.retry_queue(consumer.name, *delay))?;
             waiting += u64::from(queue.declared_message_count().unwrap_or(0));
         }
     }

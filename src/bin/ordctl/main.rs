@@ -28,6 +28,18 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
+    /// More log detail on stderr: -v debug, -vv trace (RUST_LOG wins when set).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Less log detail on stderr: -q warnings and errors, -qq errors only.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    quiet: u8,
+
+    /// Log format on stderr: json is one object per line, for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: commands::Command,
 }
@@ -60,14 +72,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging(cli.verbose, cli.quiet, cli.log_format);
     let settings = match Settings::parse(&cli.settings) {
         Ok(settings) => settings,
         Err(error) => {
@@ -90,7 +95,10 @@ fn main() -> ExitCode {
             None => {
                 // One line, even when a cause (libpq's, say) spans several.
                 let chain = format!("{error:#}");
-                eprintln!("error: {}", chain.split_whitespace().collect::<Vec<_>>().join(" "));
+                eprintln!(
+                    "error: {}",
+                    chain.split_whitespace().collect::<Vec<_>>().join(" ")
+                );
                 ExitCode::from(1)
             }
         },
@@ -133,6 +141,47 @@ async fn stop_on_signals(shutdown: Shutdown) {
         }
         tracing::info!("stopping: finishing in-flight work (signal again to exit now)");
         shutdown.trigger();
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr. The level comes from `RUST_LOG` when it is set, else
+/// from -v/-q around `info`.
+fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let level = match i16::from(verbose) - i16::from(quiet) {
+        i16::MIN..=-2 => "error",
+        -1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("warning: ignoring RUST_LOG={spec:?}: {e}");
+            EnvFilter::new(level)
+        }),
+        _ => EnvFilter::new(level),
+    };
+    // Never log secrets, whatever the level: amiquip's handshake (debug)
+    // carries the AMQP password, ureq's requests (debug) an Authorization
+    // header.
+    let filter = ["amiquip::io_loop::handshake_state=warn", "ureq=warn"]
+        .into_iter()
+        .fold(filter, |filter, directive| {
+            filter.add_directive(directive.parse().expect("a valid directive"))
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
     }
 }
 

@@ -7,6 +7,8 @@ mod relay;
 mod replay_dlq;
 mod seed;
 mod status;
+mod tail_queue;
+mod trace;
 mod worker;
 
 use ordctl::config::Settings;
@@ -35,12 +37,18 @@ pub enum Command {
     ReplayDlq(replay_dlq::Args),
     Worker(worker::Args),
     Status(status::Args),
+    TailQueue(tail_queue::Args),
+    Trace(trace::Args),
 }
 
 impl Command {
     /// Whether SIGINT/SIGTERM should finish in-flight work rather than kill.
     pub fn stops_gracefully(&self) -> bool {
-        matches!(self, Self::Worker(_) | Self::Relay(_))
+        match self {
+            Self::Worker(_) | Self::Relay(_) | Self::TailQueue(_) => true,
+            Self::Status(args) => args.watches(),
+            _ => false,
+        }
     }
 
     pub fn run(self, ctx: &Ctx, shutdown: &Shutdown) -> anyhow::Result<()> {
@@ -51,7 +59,9 @@ impl Command {
             Self::Relay(args) => args.run(ctx, shutdown),
             Self::ReplayDlq(args) => args.run(ctx),
             Self::Worker(args) => args.run(ctx, shutdown),
-            Self::Status(args) => args.run(ctx),
+            Self::Status(args) => args.run(ctx, shutdown),
+            Self::TailQueue(args) => args.run(ctx, shutdown),
+            Self::Trace(args) => args.run(ctx),
         }
     }
 }

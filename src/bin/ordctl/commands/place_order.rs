@@ -64,6 +64,7 @@ impl Args {
             if !placed.published {
                 tracing::warn!(
                     order_id = placed.order_id,
+                    event_id = %placed.event_id,
                     "order committed but not published yet; the relay will publish it"
                 );
             }
