@@ -15,4 +15,5 @@ pub mod error;
 pub mod mail;
 pub mod messaging;
 pub mod pipeline;
+pub mod reconnect;
 pub mod shutdown;

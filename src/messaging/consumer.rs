@@ -18,6 +18,7 @@ use url::Url;
 
 use super::topology::{ConsumerSpec, Topology};
 use super::{connect, header_int, header_str, Confirms, Outgoing};
+use crate::reconnect::{self, Backoff};
 use crate::shutdown::Shutdown;
 
 /// Headers this tool stamps on retried and dead-lettered messages. The
@@ -149,54 +150,10 @@ pub fn run(
     options: &RunOptions,
     shutdown: &Shutdown,
     activity: &Activity,
-) -> anyhow::Result<()> {
-    let mut backoff = Backoff::up_to(RECONNECT_MAX);
-    while !shutdown.is_triggered() {
-        let started = Instant::now();
-        match session(url, topology, handler, options, shutdown, activity) {
-            Ok(()) => return Ok(()),
-            Err(error) => {
-                if started.elapsed() > Duration::from_secs(30) {
-                    backoff.reset();
-                }
-                let delay = backoff.next_delay();
-                tracing::warn!("consumer: {error:#}; reconnecting in {delay:?}");
-                shutdown.sleep(delay);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// How long a broken connection waits before reconnecting, at most.
-pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
-/// How long a slot pauses after consecutive transient failures, at most.
-const SLOT_PAUSE_MAX: Duration = Duration::from_secs(5);
-
-/// Exponential backoff: 100 ms, doubling up to a maximum.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn up_to(max: Duration) -> Self {
-        Self {
-            next: Duration::from_millis(100),
-            max,
-        }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    pub fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
-    }
+) {
+    reconnect::until_shutdown("consumer", shutdown, || {
+        session(url, topology, handler, options, shutdown, activity)
+    });
 }
 
 fn session(
@@ -253,6 +210,9 @@ fn session(
     let _ = connection.close();
     result
 }
+
+/// How long a slot pauses after consecutive transient failures, at most.
+const SLOT_PAUSE_MAX: Duration = Duration::from_secs(5);
 
 /// One channel, one message at a time.
 struct Slot<'a> {

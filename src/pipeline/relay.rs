@@ -12,10 +12,11 @@ use url::Url;
 
 use crate::db::models::OutboxRow;
 use crate::db::{self, outbox};
-use crate::messaging::consumer::{Activity, Backoff, RECONNECT_MAX};
+use crate::messaging::consumer::Activity;
 use crate::messaging::publisher::Publisher;
 use crate::messaging::topology::Topology;
 use crate::messaging::Outgoing;
+use crate::reconnect;
 use crate::shutdown::Shutdown;
 
 /// Rows claimed and published per transaction.
@@ -120,18 +121,9 @@ pub fn run(
     shutdown: &Shutdown,
     activity: &Activity,
 ) {
-    let mut backoff = Backoff::up_to(RECONNECT_MAX);
-    while !shutdown.is_triggered() {
-        let started = Instant::now();
-        if let Err(error) = session(database_url, amqp_url, topology, shutdown, activity) {
-            if started.elapsed() > Duration::from_secs(30) {
-                backoff.reset();
-            }
-            let delay = backoff.next_delay();
-            tracing::warn!("relay: {error:#}; retrying in {delay:?}");
-            shutdown.sleep(delay);
-        }
-    }
+    reconnect::until_shutdown("relay", shutdown, || {
+        session(database_url, amqp_url, topology, shutdown, activity)
+    });
 }
 
 fn session(

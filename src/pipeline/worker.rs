@@ -71,7 +71,7 @@ pub fn run(
                 }
             });
         }
-        let result = consumer::run(
+        consumer::run(
             &settings.amqp_url,
             topology,
             &notifier,
@@ -79,9 +79,10 @@ pub fn run(
             shutdown,
             activity,
         );
+        // The relay and idle threads stop with the consumer.
         shutdown.trigger();
-        result
-    })
+    });
+    Ok(())
 }
 
 /// How many messages sit in the namespace's retry queues.
