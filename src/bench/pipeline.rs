@@ -385,7 +385,9 @@ struct Worker {
 impl Worker {
     fn spawn(exe: &Path, settings: &Settings, concurrency: u16) -> anyhow::Result<Self> {
         let mut child = Command::new(exe)
-            .args(["worker", "--exit-when-idle", "3", "--concurrency"])
+            // Text logs: the latency measurement reads their timestamps.
+            .args(["--log-format", "text", "worker", "--exit-when-idle", "3"])
+            .arg("--concurrency")
             .arg(concurrency.to_string())
             .envs(worker_env(settings)?)
             .stdin(Stdio::null())
