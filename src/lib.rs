@@ -7,6 +7,7 @@
 //! confirmation email. The `ordctl` binary is a thin shell over this crate:
 //! every process role is one subcommand.
 
+pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod db;

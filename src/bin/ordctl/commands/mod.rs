@@ -1,6 +1,7 @@
 //! One module per subcommand: an `Args` struct (its clap doc comments are
 //! the help text) and a `run` that calls one library function and prints.
 
+mod bench;
 mod migrate;
 mod place_order;
 mod relay;
@@ -30,6 +31,7 @@ impl Ctx {
 
 #[derive(clap::Subcommand)]
 pub enum Command {
+    Bench(bench::Args),
     Migrate(migrate::Args),
     Seed(seed::Args),
     PlaceOrder(place_order::Args),
@@ -45,7 +47,7 @@ impl Command {
     /// Whether SIGINT/SIGTERM should finish in-flight work rather than kill.
     pub fn stops_gracefully(&self) -> bool {
         match self {
-            Self::Worker(_) | Self::Relay(_) | Self::TailQueue(_) => true,
+            Self::Worker(_) | Self::Relay(_) | Self::TailQueue(_) | Self::Bench(_) => true,
             Self::Status(args) => args.watches(),
             _ => false,
         }
@@ -53,6 +55,7 @@ impl Command {
 
     pub fn run(self, ctx: &Ctx, shutdown: &Shutdown) -> anyhow::Result<()> {
         match self {
+            Self::Bench(args) => args.run(ctx, shutdown),
             Self::Migrate(args) => args.run(ctx),
             Self::Seed(args) => args.run(ctx),
             Self::PlaceOrder(args) => args.run(ctx),
