@@ -21,6 +21,11 @@ use url::Url;
 
 use crate::config::redact;
 
+diesel::define_sql_function! {
+    /// PostgreSQL's wall clock now, unlike `now()`, the transaction's start.
+    fn clock_timestamp() -> diesel::sql_types::Timestamptz;
+}
+
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 pub type PgPool = Pool<ConnectionManager<PgConnection>>;
@@ -34,7 +39,11 @@ pub fn connect(url: &Url) -> anyhow::Result<PgConnection> {
 /// A pool of up to `size` connections, checked on creation so an
 /// unreachable server fails fast with its cause.
 pub fn pool(url: &Url, size: u32) -> anyhow::Result<PgPool> {
+    // No `SELECT 1` per checkout (a round trip per message): a connection
+    // broken by a server restart fails its next query, which is retried,
+    // and r2d2 drops it as broken.
     Pool::builder()
+        .test_on_check_out(false)
         .max_size(size)
         .min_idle(Some(1))
         .connection_timeout(Duration::from_secs(10))

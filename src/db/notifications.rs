@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use uuid::Uuid;
 
+use super::clock_timestamp;
 use super::models::{NewNotification, Notification};
 use super::schema::notifications;
 
@@ -35,7 +36,8 @@ pub fn mark_sent(conn: &mut PgConnection, event_id: Uuid, smtp_reply: &str) -> Q
             notifications::status.eq(SENT),
             notifications::attempts.eq(notifications::attempts + 1),
             notifications::smtp_reply.eq(smtp_reply),
-            notifications::sent_at.eq(now),
+            // The moment of the SMTP server's 250, not the transaction's start.
+            notifications::sent_at.eq(clock_timestamp().nullable()),
             notifications::updated_at.eq(now),
         ))
         .execute(conn)

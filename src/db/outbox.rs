@@ -2,7 +2,7 @@
 //! published.
 
 use chrono::{DateTime, Utc};
-use diesel::dsl::{count_star, min, now};
+use diesel::dsl::{count_star, min};
 use diesel::prelude::*;
 
 use super::models::{NewOutboxRow, OutboxRow};
@@ -32,20 +32,23 @@ pub fn claim_unpublished(conn: &mut PgConnection, limit: i64) -> QueryResult<Vec
         .load(conn)
 }
 
-/// Locks one row, waiting for a relay that holds it to finish, so the caller
-/// sees whether that relay published it.
-pub fn lock(conn: &mut PgConnection, id: i64) -> QueryResult<OutboxRow> {
+/// Locks the rows (in id order, so lockers never deadlock), waiting for a
+/// relay that holds any of them to finish, so the caller sees whether that
+/// relay published it.
+pub fn lock(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<OutboxRow>> {
     outbox::table
-        .find(id)
+        .filter(outbox::id.eq_any(ids))
+        .order(outbox::id)
         .for_update()
         .select(OutboxRow::as_select())
-        .first(conn)
+        .load(conn)
 }
 
 pub fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
     diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
         .set((
-            outbox::published_at.eq(now),
+            // The moment of the broker's confirm, not the transaction's start.
+            outbox::published_at.eq(super::clock_timestamp().nullable()),
             outbox::last_error.eq(None::<String>),
         ))
         .execute(conn)

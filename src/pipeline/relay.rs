@@ -46,23 +46,31 @@ fn publish_rows(
         .collect();
     publisher.publish_events(&messages)?;
     let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+    // Losing this mark in a PostgreSQL crash only republishes the events,
+    // which consumers ignore: no need to wait for the disk.
+    diesel::sql_query("SET LOCAL synchronous_commit = off").execute(conn)?;
     outbox::mark_published(conn, &ids)?;
     Ok(())
 }
 
-/// Publishes one order's event right after its commit. Waits if a relay
-/// holds the row, and returns whether the event is published now.
-pub fn publish_one(
+/// Publishes just-committed orders' events, all under one confirm wait.
+/// Waits for a relay that holds any of the rows; once it returns `Ok`,
+/// every one of them is published (by this call or by that relay).
+pub fn publish_committed(
     conn: &mut PgConnection,
     publisher: &mut Publisher,
-    outbox_id: i64,
-) -> anyhow::Result<bool> {
+    outbox_ids: &[i64],
+) -> anyhow::Result<()> {
     conn.transaction(|conn| {
-        let row = outbox::lock(conn, outbox_id)?;
-        if row.published_at.is_none() {
-            publish_rows(conn, publisher, std::slice::from_ref(&row))?;
+        let rows = outbox::lock(conn, outbox_ids)?;
+        let unpublished: Vec<OutboxRow> = rows
+            .into_iter()
+            .filter(|row| row.published_at.is_none())
+            .collect();
+        if !unpublished.is_empty() {
+            publish_rows(conn, publisher, &unpublished)?;
         }
-        Ok(true)
+        Ok(())
     })
 }
 
