@@ -49,21 +49,7 @@ impl Mailer {
                 mail_dir.to_path_buf(),
             ));
         };
-        let tls =
-            || TlsParameters::new(smtp.host.clone()).with_context(|| format!("TLS for {smtp}"));
-        let mut builder = SmtpTransport::builder_dangerous(&smtp.host)
-            .port(smtp.port)
-            .timeout(Some(SMTP_TIMEOUT))
-            .pool_config(PoolConfig::new().max_size(pool_size.max(1)));
-        builder = match smtp.tls {
-            SmtpTls::None => builder.tls(Tls::None),
-            SmtpTls::StartTls => builder.tls(Tls::Required(tls()?)),
-            SmtpTls::Implicit => builder.tls(Tls::Wrapper(tls()?)),
-        };
-        if let Some((user, password)) = &smtp.credentials {
-            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
-        }
-        Ok(Self::Smtp(builder.build()))
+        Ok(Self::Smtp(smtp_transport(smtp, pool_size)?))
     }
 
     /// Sends one email; returns the server's reply (or where the file went).
@@ -87,6 +73,25 @@ impl Mailer {
             },
         }
     }
+}
+
+/// A transport keeping up to `pool_size` SMTP connections open for reuse,
+/// with TLS, STARTTLS and credentials as the URL says.
+pub fn smtp_transport(smtp: &SmtpSettings, pool_size: u32) -> anyhow::Result<SmtpTransport> {
+    let tls = || TlsParameters::new(smtp.host.clone()).with_context(|| format!("TLS for {smtp}"));
+    let mut builder = SmtpTransport::builder_dangerous(&smtp.host)
+        .port(smtp.port)
+        .timeout(Some(SMTP_TIMEOUT))
+        .pool_config(PoolConfig::new().max_size(pool_size.max(1)));
+    builder = match smtp.tls {
+        SmtpTls::None => builder.tls(Tls::None),
+        SmtpTls::StartTls => builder.tls(Tls::Required(tls()?)),
+        SmtpTls::Implicit => builder.tls(Tls::Wrapper(tls()?)),
+    };
+    if let Some((user, password)) = &smtp.credentials {
+        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    Ok(builder.build())
 }
 
 fn smtp_error(error: &lettre::transport::smtp::Error) -> String {

@@ -14,16 +14,14 @@ use anyhow::{bail, Context};
 use crossbeam_channel::RecvTimeoutError;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::transport::smtp::PoolConfig;
-use lettre::{Message, SmtpTransport, Transport};
+use lettre::{Message, Transport};
 use url::Url;
 
 use super::measure::{Rate, Stopwatch};
-use crate::config::{SmtpSettings, SmtpTls};
+use crate::config::SmtpSettings;
 use crate::db;
 use crate::domain::{Currency, Money, OrderCreated, OrderSnapshot, ORDER_CREATED};
+use crate::mail;
 use crate::messaging;
 
 /// How long a raw phase may go without progress before it is abandoned.
@@ -261,25 +259,6 @@ pub fn amqp_consume(
     rate
 }
 
-/// A pooled lettre SMTP transport to the benchmark's server, built the
-/// way the pipeline's mailer builds it (plain, STARTTLS or implicit TLS).
-pub fn smtp_transport(smtp: &SmtpSettings, pool_size: u32) -> anyhow::Result<SmtpTransport> {
-    let tls = || TlsParameters::new(smtp.host.clone()).with_context(|| format!("TLS for {smtp}"));
-    let mut builder = SmtpTransport::builder_dangerous(&smtp.host)
-        .port(smtp.port)
-        .timeout(Some(Duration::from_secs(10)))
-        .pool_config(PoolConfig::new().max_size(pool_size.max(1)));
-    builder = match smtp.tls {
-        SmtpTls::None => builder.tls(Tls::None),
-        SmtpTls::StartTls => builder.tls(Tls::Required(tls()?)),
-        SmtpTls::Implicit => builder.tls(Tls::Wrapper(tls()?)),
-    };
-    if let Some((user, password)) = &smtp.credentials {
-        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
-    }
-    Ok(builder.build())
-}
-
 /// Sends `email` `count` times from `concurrency` threads over one pooled
 /// transport (a connection per thread, reused).
 pub fn smtp(
@@ -288,7 +267,7 @@ pub fn smtp(
     count: u64,
     concurrency: u16,
 ) -> anyhow::Result<Rate> {
-    let transport = smtp_transport(smtp, u32::from(concurrency))?;
+    let transport = mail::smtp_transport(smtp, u32::from(concurrency))?;
     transport
         .test_connection()
         .with_context(|| format!("connecting to the SMTP server at {smtp}"))?;
