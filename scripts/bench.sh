@@ -2,9 +2,9 @@
 # Usage: scripts/bench.sh [ORDCTL BENCH ARGS...]
 #   e.g. scripts/bench.sh --orders 20000 --concurrency 4 --json
 #
-# Reproduces the figures in BENCHMARKS.md: makes sure the services run
-# (scripts/services.sh), installs Postfix's smtp-sink (a fast, real SMTP
-# server that accepts and discards mail) if it is missing, builds the release
+# Reproduces the figures in BENCHMARKS.md: makes sure the services and
+# Postfix's smtp-sink (a fast, real SMTP server that accepts and discards
+# mail) are there (scripts/services.sh), builds the release
 # binary, starts smtp-sink on a free loopback port and runs
 # `ordctl bench` against it. `ordctl bench` makes its own throw-away database
 # and namespace and removes them at the end, so no user data is touched.
@@ -17,18 +17,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 SINK=/usr/sbin/smtp-sink
-
-# Postfix is only here for its smtp-sink tool: answer the installer's
-# question with "No configuration" so no mail server is set up or started.
-install_smtp_sink() {
-  [[ -x $SINK ]] && return
-  if ! is_installed postfix && command -v debconf-set-selections >/dev/null; then
-    echo 'postfix postfix/main_mailer_type select No configuration' |
-      as_root debconf-set-selections
-  fi
-  apt_install postfix
-  [[ -x $SINK ]] || die "postfix is installed but $SINK is missing"
-}
 
 # free_port — a loopback TCP port nothing listens on, from the ephemeral range.
 free_port() {
@@ -44,8 +32,9 @@ free_port() {
 }
 
 require_cargo
-install_smtp_sink
+# Also installs Postfix's smtp-sink (package postfix).
 scripts/services.sh >/dev/null
+[[ -x $SINK ]] || die "postfix is installed but $SINK is missing"
 run cargo build --release --quiet
 
 port=$(free_port)

@@ -49,7 +49,8 @@ pub struct Options {
     pub concurrency: u16,
     /// `ordctl worker --concurrency`.
     pub worker_concurrency: u16,
-    /// Offered load of the latency phase; default half the place rate.
+    /// Offered load of the latency phase; default half the slower of the
+    /// place and drain rates.
     pub latency_rate: Option<f64>,
     pub latency_secs: f64,
     /// The `ordctl` binary to run as the worker.
@@ -216,7 +217,8 @@ fn measure_all(
     let smtp_send = raw::smtp(smtp, &email, n, c).context("raw SMTP")?;
     interrupted()?;
 
-    let pool = db::pool(url, u32::from(c))?;
+    // Up to LATENCY_PLACERS connections for the latency phase's placers.
+    let pool = db::pool(url, u32::from(c.max(LATENCY_PLACERS)))?;
     let pipeline = Pipeline {
         settings,
         topology,
@@ -234,13 +236,15 @@ fn measure_all(
     );
     let (drain, drain_run) = pipeline.drain(n).context("draining")?;
     interrupted()?;
-    let rate = options.latency_rate.unwrap_or(place.per_sec / 2.0);
+    // Half of what the whole pipeline sustains: the slower of placing and
+    // draining. A load above the drain rate would measure a growing queue.
+    let rate = options.latency_rate.unwrap_or(place.per_sec.min(drain.per_sec) / 2.0);
     tracing::info!(
         "pipeline: latency at {rate:.0} orders/s for {}s with a worker running",
         options.latency_secs
     );
     let (latency, latency_run) = pipeline
-        .latency(rate, options.latency_secs, c)
+        .latency(rate, options.latency_secs, latency_placers(rate, c))
         .context("measuring latency")?;
 
     let mib = |kib: u64| kib as f64 / 1024.0;
@@ -365,8 +369,8 @@ pub fn figures(raw: &RawLimits, pipeline: &PipelineFigures, worker: &WorkerFigur
             "offered load for latency (achieved)",
             latency.achieved_per_sec,
             "orders/s",
-            "place rate",
-            pipeline.place.per_sec,
+            "max sustained (min of place, drain)",
+            pipeline.place.per_sec.min(pipeline.drain.per_sec),
             None,
         ),
         ms("commit → SMTP 250, p50", latency.commit_to_smtp_250_ms.p50),
@@ -486,6 +490,16 @@ impl Scratch<'_> {
         }
         Ok(())
     }
+}
+
+/// The most threads the latency phase places orders from.
+const LATENCY_PLACERS: u16 = 64;
+
+/// Threads enough to keep an open-loop schedule of `rate` orders/s when a
+/// single `place-order` (commit, publish, confirm) takes up to 50 ms: at
+/// least the benchmark's concurrency, at most [`LATENCY_PLACERS`].
+fn latency_placers(rate: f64, concurrency: u16) -> u16 {
+    ((rate * 0.05).ceil().min(f64::from(LATENCY_PLACERS)) as u16).max(concurrency)
 }
 
 #[cfg(test)]

@@ -27,11 +27,11 @@ pub struct Args {
     concurrency: u16,
 
     /// `ordctl worker --concurrency` for the drain and latency phases.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
     worker_concurrency: u16,
 
     /// Orders per second offered in the latency phase (default: half the
-    /// measured place rate).
+    /// slower of the measured place and drain rates).
     #[arg(long, value_name = "PER_SEC")]
     latency_rate: Option<f64>,
 
