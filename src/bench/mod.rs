@@ -238,7 +238,9 @@ fn measure_all(
     interrupted()?;
     // Half of what the whole pipeline sustains: the slower of placing and
     // draining. A load above the drain rate would measure a growing queue.
-    let rate = options.latency_rate.unwrap_or(place.per_sec.min(drain.per_sec) / 2.0);
+    let rate = options
+        .latency_rate
+        .unwrap_or(place.per_sec.min(drain.per_sec) / 2.0);
     tracing::info!(
         "pipeline: latency at {rate:.0} orders/s for {}s with a worker running",
         options.latency_secs
