@@ -1,9 +1,9 @@
-//! The fault suite: the pipeline under SIGKILL, a RabbitMQ restart, a Redis
-//! outage, an SMTP server answering 451 and then 550, always against real
-//! services. A scenario that stops a service starts its own instance of it
-//! on another port, never disturbing the shared one. Each scenario prints
-//! orders placed, unique emails received (by Message-ID), duplicates and dead
-//! letters, and fails on any loss.
+//! The fault suite: the pipeline under SIGKILL, a RabbitMQ restart, a
+//! PostgreSQL restart, a Redis outage, an SMTP server answering 451 and
+//! then 550, always against real services. A scenario that stops a service
+//! starts its own instance of it on another port, never disturbing the
+//! shared one. Each scenario prints orders placed, unique emails received
+//! (by Message-ID), duplicates and dead letters, and fails on any loss.
 
 mod common;
 
@@ -383,6 +383,52 @@ fn smtp_550_dead_letters_and_replay_after_the_fix_delivers_once() {
     assert_eq!(sink.emails().len(), 300);
 }
 
+#[test]
+fn a_postgresql_restart_under_load_loses_nothing() {
+    let _serial = one_at_a_time();
+    let postgres = PostgresCluster::start();
+    let env = TestEnv::on_postgres(&postgres.server_url());
+    env.migrate_and_seed();
+
+    let worker = env.spawn_worker(&["--concurrency", "4"]);
+    let placer = env.spawn([
+        "place-order",
+        "--count",
+        "3000",
+        "--concurrency",
+        "2",
+        "--amount",
+        "4",
+    ]);
+    wait_until("some emails before the restart", CATCH_UP, || {
+        env.emails().len() >= 30
+    });
+    postgres.restart();
+    // Orders whose commit met the restart failed (and were never
+    // committed); every committed one must be delivered.
+    let placed = placer.wait();
+    assert!(matches!(placed.code, Some(0 | 1)), "{}", placed.stderr);
+
+    let emails = wait_for_all_emails(&env, || env.emails());
+    wait_until(
+        "the relay to publish what the restart left",
+        CATCH_UP,
+        || env.scalar("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL") == 0,
+    );
+    worker.terminate();
+    worker.wait().assert_code(0);
+    let tally = tally("postgresql restart", &env, &emails);
+    assert!(
+        tally.placed >= 100,
+        "only {} orders committed",
+        tally.placed
+    );
+    assert_eq!(tally.dead, 0);
+    // A send whose delivery transaction died with the server is sent again
+    // (same Message-ID): at most one per worker slot.
+    assert!(tally.duplicates <= 4, "{} duplicates", tally.duplicates);
+}
+
 /// A RabbitMQ node of the scenario's own, on free ports, with its own data
 /// directory: stopping it never disturbs the shared broker.
 struct RabbitNode {
@@ -573,5 +619,96 @@ impl PostfixSink {
 impl Drop for PostfixSink {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A PostgreSQL cluster of the scenario's own (initdb, trust auth) on a
+/// free port, so restarting it never disturbs the shared server.
+struct PostgresCluster {
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PostgresCluster {
+    const BIN: &'static str = "/usr/lib/postgresql/15/bin";
+
+    fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ordctl-pg-")
+            .tempdir()
+            .expect("temp dir");
+        let status = Command::new("chown")
+            .arg("postgres")
+            .arg(dir.path())
+            .status()
+            .expect("chown");
+        assert!(status.success());
+        let cluster = Self {
+            port: free_port(),
+            dir,
+        };
+        let data = cluster.data();
+        assert!(cluster.as_postgres(
+            &format!("{}/initdb", Self::BIN),
+            &["-D", &data, "--auth=trust", "-U", "postgres"]
+        ));
+        cluster.pg_ctl("start");
+        cluster
+    }
+
+    fn server_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// A fast restart: every client connection is cut.
+    fn restart(&self) {
+        self.pg_ctl("restart");
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        let pg_ctl = format!("{}/pg_ctl", Self::BIN);
+        let ok = self.as_postgres(
+            &pg_ctl,
+            &[
+                "-D",
+                &self.data(),
+                "-m",
+                "fast",
+                "-w",
+                "-o",
+                &options,
+                "-l",
+                &log,
+                action,
+            ],
+        );
+        assert!(ok, "pg_ctl {action} failed; see {log}");
+    }
+
+    /// PostgreSQL refuses to run as root: its tools run as `postgres`.
+    fn as_postgres(&self, program: &str, args: &[&str]) -> bool {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--", program])
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+}
+
+impl Drop for PostgresCluster {
+    fn drop(&mut self) {
+        let pg_ctl = format!("{}/pg_ctl", Self::BIN);
+        self.as_postgres(&pg_ctl, &["-D", &self.data(), "-m", "immediate", "stop"]);
     }
 }

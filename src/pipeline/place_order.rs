@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use diesel::r2d2::PooledConnection;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::{Connection, PgConnection};
 use serde::Serialize;
@@ -234,13 +235,10 @@ pub fn place_many(
     std::thread::scope(|scope| {
         for _ in 0..concurrency.max(1) {
             scope.spawn(|| {
-                let mut conn = match pool.get() {
-                    Ok(conn) => conn,
-                    Err(error) => {
-                        first_error.lock().unwrap().get_or_insert(error.into());
-                        return;
-                    }
-                };
+                // None after a failure: the connection may be broken (a
+                // server restart), so it goes back to the pool, which drops
+                // broken ones, and the next order takes another.
+                let mut conn: Option<PooledConnection<_>> = None;
                 let mut window = Window::new(connect_publisher);
                 loop {
                     let n = next.fetch_add(1, Ordering::SeqCst);
@@ -252,19 +250,34 @@ pub fn place_many(
                         amount,
                         currency: currency.clone(),
                     };
-                    match commit(&mut conn, &order) {
+                    let result =
+                        match conn.as_mut() {
+                            Some(connection) => commit(connection, &order),
+                            None => match pool.get() {
+                                Ok(connection) => commit(conn.insert(connection), &order),
+                                Err(error) => Err(anyhow::Error::from(error)
+                                    .context("getting a database connection")),
+                            },
+                        };
+                    match result {
                         Ok(committed) => window.pending.push(committed),
                         Err(error) => {
                             failed.fetch_add(1, Ordering::Relaxed);
                             first_error.lock().unwrap().get_or_insert(error);
+                            conn = None;
                         }
                     }
                     progress(n + 1);
-                    if window.pending.len() == PUBLISH_WINDOW {
-                        published.fetch_add(window.flush(&mut conn), Ordering::Relaxed);
+                    if let Some(connection) = conn
+                        .as_mut()
+                        .filter(|_| window.pending.len() >= PUBLISH_WINDOW)
+                    {
+                        published.fetch_add(window.flush(connection), Ordering::Relaxed);
                     }
                 }
-                published.fetch_add(window.flush(&mut conn), Ordering::Relaxed);
+                if let Some(mut connection) = conn.or_else(|| pool.get().ok()) {
+                    published.fetch_add(window.flush(&mut connection), Ordering::Relaxed);
+                }
                 window.close();
             });
         }

@@ -71,6 +71,12 @@ impl TestEnv {
     /// Creates the env: ids, working directory and a running SMTP sink. The
     /// database does not exist until `ordctl migrate` runs.
     pub fn new() -> Self {
+        Self::on_postgres(POSTGRES_SERVER)
+    }
+
+    /// Like [`TestEnv::new`], with the database on another PostgreSQL
+    /// server (`postgres://user@host:port`), e.g. one a scenario restarts.
+    pub fn on_postgres(server: &str) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let dir = tempfile::Builder::new()
             .prefix(&format!("ordctl-test-{id}-"))
@@ -78,7 +84,7 @@ impl TestEnv {
             .expect("creating a temp dir");
         let smtp = SmtpSink::start(dir.path());
         let args = SettingsArgs {
-            database_url: format!("{POSTGRES_SERVER}/ordctl_t_{id}"),
+            database_url: format!("{server}/ordctl_t_{id}"),
             amqp_url: AMQP_URL.into(),
             redis_url: REDIS_URL.into(),
             smtp_url: Some(smtp.url()),
