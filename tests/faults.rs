@@ -271,7 +271,7 @@ fn smtp_answering_451_for_a_while_then_recovering_delivers_each_order_once() {
     env.ordctl([
         "place-order",
         "--count",
-        "40",
+        "20",
         "--concurrency",
         "2",
         "--amount",
