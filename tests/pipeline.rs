@@ -737,3 +737,20 @@ fn quorum_queues_carry_orders_end_to_end() {
         classic.stderr
     );
 }
+
+#[test]
+fn bulk_orders_without_an_amount_get_a_spread_of_demo_amounts() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let summary = env
+        .ordctl(["place-order", "--count", "20", "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(summary["placed"], 20, "{summary}");
+    let amounts = env.scalar("SELECT count(DISTINCT amount_minor) AS n FROM orders");
+    assert!(amounts > 1, "amounts should vary, got {amounts} distinct");
+    let out_of_range = env.scalar(
+        "SELECT count(*) AS n FROM orders WHERE amount_minor < 500 OR amount_minor > 20499",
+    );
+    assert_eq!(out_of_range, 0);
+}

@@ -83,7 +83,7 @@ impl Pipeline<'_> {
             self.pool,
             &|| Publisher::connect(&self.settings.amqp_url, self.topology),
             Users::All,
-            amount(),
+            Some(amount()),
             &Currency::default(),
             count,
             concurrency,

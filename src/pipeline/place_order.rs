@@ -200,13 +200,14 @@ pub enum Users {
 }
 
 /// Places `count` orders from `concurrency` threads, each with its own
-/// database connection and publisher. `progress` is called once per order.
+/// database connection and publisher, all for `amount` or, without one, for
+/// varied amounts (5.00 to 204.99). `progress` is called once per order.
 #[allow(clippy::too_many_arguments)]
 pub fn place_many(
     pool: &PgPool,
     connect_publisher: &(dyn Fn() -> anyhow::Result<Publisher> + Sync),
     users_to_use: Users,
-    amount: Money,
+    amount: Option<Money>,
     currency: &Currency,
     count: u64,
     concurrency: u16,
@@ -247,7 +248,7 @@ pub fn place_many(
                     }
                     let order = NewOrder {
                         user_id: UserId(user_ids[(n % user_ids.len() as u64) as usize]),
-                        amount,
+                        amount: amount.unwrap_or_else(|| varied_amount(n)),
                         currency: currency.clone(),
                     };
                     let result =
@@ -302,6 +303,11 @@ pub fn place_many(
             0.0
         },
     })
+}
+
+/// The `n`th of a spread of demo amounts, 5.00 to 204.99.
+fn varied_amount(n: u64) -> Money {
+    Money::from_minor_units(500 + (n as i64 * 1_337) % 20_000).expect("a positive amount")
 }
 
 /// A publisher, or `None` with a warning: orders are committed either way.

@@ -23,7 +23,8 @@ pub struct Args {
     #[arg(long, value_name = "ID")]
     user: Option<UserId>,
 
-    /// Amount: a decimal > 0 with at most 2 fraction digits, e.g. 42 or 42.50.
+    /// Amount: a decimal > 0 with at most 2 fraction digits, e.g. 42 or 42.50
+    /// (with --count it may be left out for a spread of demo amounts).
     #[arg(long)]
     amount: Option<Money>,
 
@@ -82,9 +83,6 @@ impl Args {
             ));
         };
 
-        let amount = self
-            .amount
-            .ok_or_else(|| InvalidInput::new("--amount is required"))?;
         let users = self.user.map_or(Users::All, Users::One);
         let pool = db::pool(&settings.database_url, u32::from(self.concurrency))
             .context("connecting to PostgreSQL")?;
@@ -96,7 +94,7 @@ impl Args {
             &pool,
             &connect,
             users,
-            amount,
+            self.amount,
             &self.currency,
             count,
             self.concurrency,
