@@ -145,6 +145,18 @@ impl Confirms {
     }
 }
 
+/// How many messages are ready in `queue` and how many consumers it has,
+/// read without touching a message (a passive declare).
+pub fn queue_counts(channel: &Channel, queue: &str) -> anyhow::Result<(u64, u64)> {
+    let declared = channel
+        .queue_declare_passive(queue)
+        .with_context(|| format!("inspecting queue {queue}"))?;
+    Ok((
+        u64::from(declared.declared_message_count().unwrap_or(0)),
+        u64::from(declared.declared_consumer_count().unwrap_or(0)),
+    ))
+}
+
 /// A header value as a string, if it is one.
 pub fn header_str<'a>(headers: Option<&'a FieldTable>, key: &str) -> Option<&'a str> {
     match headers?.get(key)? {

@@ -40,10 +40,6 @@ impl Publisher {
             .publish(&self.channel, &self.events_exchange, messages)
     }
 
-    pub fn channel(&self) -> &Channel {
-        &self.channel
-    }
-
     pub fn close(self) {
         let _ = self.channel.close();
         let _ = self.connection.close();

@@ -80,12 +80,7 @@ pub fn replay(
     for consumer in &topology.consumers {
         let dlq = topology.dlq(consumer.name);
         let work_queue = topology.queue(consumer.name);
-        let at_start = u64::from(
-            channel
-                .queue_declare_passive(dlq.as_str())?
-                .declared_message_count()
-                .unwrap_or(0),
-        );
+        let (at_start, _) = messaging::queue_counts(&channel, &dlq)?;
         // Kept messages stay unacked until the end so they are not fetched
         // twice; then they go back to the DLQ where they were.
         let mut kept: Vec<Get> = Vec::new();

@@ -278,12 +278,10 @@ fn broker_queues(url: &Url, topology: &Topology) -> anyhow::Result<Vec<QueueStat
     }
     let mut queues = Vec::with_capacity(names.len());
     for (name, kind) in names {
-        let queue = channel
-            .queue_declare_passive(name.as_str())
-            .with_context(|| format!("inspecting queue {name}"))?;
+        let (ready, consumers) = messaging::queue_counts(&channel, &name)?;
         queues.push(QueueStatus {
-            ready: u64::from(queue.declared_message_count().unwrap_or(0)),
-            consumers: u64::from(queue.declared_consumer_count().unwrap_or(0)),
+            ready,
+            consumers,
             unacked: None,
             kind,
             name,

@@ -92,9 +92,8 @@ fn waiting_for_retry(url: &url::Url, topology: &Topology) -> anyhow::Result<u64>
     let mut waiting = 0;
     for consumer in &topology.consumers {
         for delay in &topology.retry_delays {
-            let queue =
-                channel.queue_declare_passive(topology.retry_queue(consumer.name, *delay))?;
-            waiting += u64::from(queue.declared_message_count().unwrap_or(0));
+            let retry_queue = topology.retry_queue(consumer.name, *delay);
+            waiting += messaging::queue_counts(&channel, &retry_queue)?.0;
         }
     }
     let _ = connection.close();
