@@ -18,3 +18,22 @@ pub fn invalid_input(error: &anyhow::Error) -> Option<&InvalidInput> {
         .chain()
         .find_map(|cause| cause.downcast_ref::<InvalidInput>())
 }
+
+/// Valid input that a business rule refuses (not enough stock). The binary
+/// exits 3 with this one-line message, and nothing has been written.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+impl Refused {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// Returns the `Refused` somewhere in an error's chain, if any.
+pub fn refused(error: &anyhow::Error) -> Option<&Refused> {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<Refused>())
+}

@@ -20,6 +20,7 @@ pub const REPLAYED: &str = "replayed";
 #[diesel(table_name = delivery_attempts)]
 pub struct NewAttempt<'a> {
     pub event_id: Uuid,
+    pub consumer: &'a str,
     pub order_id: i64,
     pub attempt: i32,
     pub outcome: &'a str,
@@ -31,6 +32,7 @@ pub struct NewAttempt<'a> {
 #[diesel(table_name = delivery_attempts, check_for_backend(diesel::pg::Pg))]
 pub struct Attempt {
     pub event_id: Uuid,
+    pub consumer: String,
     pub attempt: i32,
     pub outcome: String,
     pub error: Option<String>,

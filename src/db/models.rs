@@ -71,15 +71,17 @@ pub struct Notification {
     pub attempts: i32,
     pub last_error: Option<String>,
     pub smtp_reply: Option<String>,
-    pub message_id: String,
+    pub message_id: Option<String>,
     pub updated_at: DateTime<Utc>,
+    pub consumer: String,
 }
 
 #[derive(Insertable)]
 #[diesel(table_name = notifications)]
 pub struct NewNotification<'a> {
     pub event_id: Uuid,
+    pub consumer: &'a str,
     pub order_id: i64,
     pub status: &'a str,
-    pub message_id: &'a str,
+    pub message_id: Option<&'a str>,
 }

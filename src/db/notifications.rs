@@ -2,7 +2,7 @@
 
 use diesel::dsl::now;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Nullable, Text, Uuid as SqlUuid};
 use uuid::Uuid;
 
 use super::clock_timestamp;
@@ -23,24 +23,33 @@ pub fn lock_for_delivery(
 ) -> QueryResult<Notification> {
     diesel::insert_into(notifications::table)
         .values(row)
-        .on_conflict(notifications::event_id)
+        .on_conflict((notifications::event_id, notifications::consumer))
         .do_update()
         .set(notifications::updated_at.eq(now))
         .returning(Notification::as_returning())
         .get_result(conn)
 }
 
-pub fn mark_sent(conn: &mut PgConnection, event_id: Uuid, smtp_reply: &str) -> QueryResult<usize> {
-    diesel::update(notifications::table.filter(notifications::event_id.eq(event_id)))
-        .set((
-            notifications::status.eq(SENT),
-            notifications::attempts.eq(notifications::attempts + 1),
-            notifications::smtp_reply.eq(smtp_reply),
-            // The moment of the SMTP server's 250, not the transaction's start.
-            notifications::sent_at.eq(clock_timestamp().nullable()),
-            notifications::updated_at.eq(now),
-        ))
-        .execute(conn)
+pub fn mark_sent(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+    consumer: &str,
+    smtp_reply: &str,
+) -> QueryResult<usize> {
+    diesel::update(
+        notifications::table
+            .filter(notifications::event_id.eq(event_id))
+            .filter(notifications::consumer.eq(consumer)),
+    )
+    .set((
+        notifications::status.eq(SENT),
+        notifications::attempts.eq(notifications::attempts + 1),
+        notifications::smtp_reply.eq(smtp_reply),
+        // The moment of the SMTP server's 250, not the transaction's start.
+        notifications::sent_at.eq(clock_timestamp().nullable()),
+        notifications::updated_at.eq(now),
+    ))
+    .execute(conn)
 }
 
 /// Records a failed attempt (`retrying` or `dead`) outside the delivery
@@ -51,23 +60,29 @@ pub fn record_failure(
     error: &str,
 ) -> QueryResult<usize> {
     diesel::sql_query(
-        "INSERT INTO notifications (event_id, order_id, status, message_id, attempts, last_error) \
-         VALUES ($1, $2, $3, $4, 1, $5) \
-         ON CONFLICT (event_id) DO UPDATE SET status = EXCLUDED.status, \
+        "INSERT INTO notifications (event_id, consumer, order_id, status, message_id, attempts, last_error) \
+         VALUES ($1, $2, $3, $4, $5, 1, $6) \
+         ON CONFLICT (event_id, consumer) DO UPDATE SET status = EXCLUDED.status, \
              attempts = notifications.attempts + 1, last_error = EXCLUDED.last_error, updated_at = now() \
          WHERE notifications.status <> 'sent'",
     )
     .bind::<SqlUuid, _>(row.event_id)
+    .bind::<Text, _>(row.consumer)
     .bind::<BigInt, _>(row.order_id)
     .bind::<Text, _>(row.status)
-    .bind::<Text, _>(row.message_id)
+    .bind::<Nullable<Text>, _>(row.message_id)
     .bind::<Text, _>(error)
     .execute(conn)
 }
 
-pub fn find(conn: &mut PgConnection, event_id: Uuid) -> QueryResult<Option<Notification>> {
+pub fn find(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+    consumer: &str,
+) -> QueryResult<Option<Notification>> {
     notifications::table
         .filter(notifications::event_id.eq(event_id))
+        .filter(notifications::consumer.eq(consumer))
         .select(Notification::as_select())
         .first(conn)
         .optional()

@@ -52,9 +52,10 @@ impl Notifier {
         let message_id = mail::message_id(event);
         let row = NewNotification {
             event_id: event.event_id,
+            consumer: SPEC.name,
             order_id: event.order.id,
             status: notifications::PENDING,
-            message_id: &message_id,
+            message_id: Some(&message_id),
         };
         let conn: &mut PgConnection = &mut conn;
         conn.transaction(|conn| {
@@ -72,7 +73,7 @@ impl Notifier {
                 .ok_or_else(|| HandleError::Permanent(anyhow!("unknown user {}", event.order.user_id)))?;
             let email = mail::confirmation(event, &user, &self.from).map_err(mail_error)?;
             let smtp_reply = self.mailer.send(&email).map_err(mail_error)?;
-            notifications::mark_sent(conn, event.event_id, &smtp_reply).map_err(db_error)?;
+            notifications::mark_sent(conn, event.event_id, SPEC.name, &smtp_reply).map_err(db_error)?;
             let sent = attempt(event, attempt_number, delivery_attempts::SENT, None, Some(&smtp_reply));
             delivery_attempts::record(conn, &sent).map_err(db_error)?;
             tracing::info!(order_id = event.order.id, to = %user.email, %smtp_reply, "confirmation sent");
@@ -112,9 +113,10 @@ impl Handler for Notifier {
         };
         let row = NewNotification {
             event_id: event.event_id,
+            consumer: SPEC.name,
             order_id: event.order.id,
             status,
-            message_id: &message_id,
+            message_id: Some(&message_id),
         };
         let mut conn = self.db.get()?;
         let error = error.to_string();
@@ -138,6 +140,7 @@ fn attempt<'a>(
 ) -> NewAttempt<'a> {
     NewAttempt {
         event_id: event.event_id,
+        consumer: SPEC.name,
         order_id: event.order.id,
         attempt: number as i32,
         outcome,

@@ -183,6 +183,7 @@ fn record_replay(conn: &mut PgConnection, get: &Get, letter: &DeadLetter) {
     };
     let attempt = NewAttempt {
         event_id: event.event_id,
+        consumer: super::notify::SPEC.name,
         order_id: event.order.id,
         attempt: letter.attempts as i32,
         outcome: delivery_attempts::REPLAYED,

@@ -133,9 +133,8 @@ pub fn trace(conn: &mut PgConnection, order_id: i64) -> anyhow::Result<Trace> {
     let attempts = delivery_attempts::for_order(conn, order_id).context("reading attempts")?;
     let event_id = events.first().map(|event| event.event_id);
     let notification = match event_id {
-        Some(event_id) => {
-            notifications::find(conn, event_id).context("reading the delivery log")?
-        }
+        Some(event_id) => notifications::find(conn, event_id, super::notify::SPEC.name)
+            .context("reading the delivery log")?,
         None => None,
     };
     build(order, &events, attempts, notification)
@@ -282,6 +281,7 @@ mod tests {
     fn attempt(number: i32, outcome: &str, secs: i64) -> Attempt {
         Attempt {
             event_id: Uuid::nil(),
+            consumer: "notifications".into(),
             attempt: number,
             outcome: outcome.into(),
             error: (outcome != "sent").then(|| "boom".into()),
@@ -298,8 +298,9 @@ mod tests {
             attempts: 1,
             last_error: None,
             smtp_reply: None,
-            message_id: "<m>".into(),
+            message_id: Some("<m>".into()),
             updated_at: at(9),
+            consumer: "notifications".into(),
         }
     }
 

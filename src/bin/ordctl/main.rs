@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{error::ErrorKind, Parser};
 use ordctl::config::{Settings, SettingsArgs};
-use ordctl::error::invalid_input;
+use ordctl::error::{invalid_input, refused};
 use ordctl::shutdown::Shutdown;
 
 #[derive(Parser)]
@@ -87,12 +87,16 @@ fn main() -> ExitCode {
     match run(cli.command, ctx) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if output::is_broken_pipe(&error) => ExitCode::SUCCESS,
-        Err(error) => match invalid_input(&error) {
-            Some(invalid) => {
+        Err(error) => match (invalid_input(&error), refused(&error)) {
+            (Some(invalid), _) => {
                 eprintln!("error: {invalid}");
                 ExitCode::from(2)
             }
-            None => {
+            (None, Some(refused)) => {
+                eprintln!("error: {refused}");
+                ExitCode::from(3)
+            }
+            (None, None) => {
                 // One line, even when a cause (libpq's, say) spans several.
                 let chain = format!("{error:#}");
                 eprintln!(

@@ -1,0 +1,11 @@
+ALTER TABLE delivery_attempts DROP COLUMN consumer;
+DELETE FROM notifications WHERE consumer <> 'notifications';
+ALTER TABLE notifications ALTER COLUMN message_id SET NOT NULL;
+ALTER TABLE notifications DROP CONSTRAINT notifications_event_id_consumer_key;
+ALTER TABLE notifications ADD CONSTRAINT notifications_event_id_key UNIQUE (event_id);
+ALTER TABLE notifications DROP COLUMN consumer;
+DROP TABLE payments;
+DROP INDEX orders_status_idx;
+ALTER TABLE orders DROP COLUMN idempotency_key, DROP COLUMN updated_at, DROP COLUMN status;
+DROP TABLE order_items;
+DROP TABLE products;
