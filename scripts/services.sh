@@ -9,9 +9,11 @@
 #   - PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379 and RabbitMQ on
 #     127.0.0.1:5672: each one not answering is installed from Debian's
 #     packages if needed, started WITHOUT systemd (containers have none) and
-#     waited for.
-# A service already answering is used as it is: its configuration is never
-# touched. A service whose URL (DATABASE_URL, REDIS_URL, AMQP_URL) points to
+#     waited for;
+#   - RabbitMQ's management plugin, on a node running on this machine, so
+#     that `ordctl status` and `ordctl doctor` can show unacked counts.
+# Apart from that plugin, a service already answering is used as it is: its
+# configuration is never touched. A service whose URL (DATABASE_URL, REDIS_URL, AMQP_URL) points to
 # another host is skipped; a local URL means the default loopback port.
 # Prints one result line per item on stdout; progress goes to stderr.
 
@@ -131,6 +133,7 @@ ensure_rabbitmq() {
   skip_remote rabbitmq AMQP_URL "$url" && return
   if port_open 127.0.0.1 5672; then
     report rabbitmq "already running on 127.0.0.1:5672"
+    ensure_rabbitmq_management
     return
   fi
   local how="started on 127.0.0.1:5672 (was installed, not running)"
@@ -145,6 +148,26 @@ ensure_rabbitmq() {
   fi
   wait_for_port 127.0.0.1 5672 180 RabbitMQ
   report rabbitmq "$how"
+  ensure_rabbitmq_management
+}
+
+# The management plugin serves the HTTP API (port 15672) that `ordctl status`
+# reads unacked counts from. Enabling it on a running node is online and
+# idempotent; a broker in a container or elsewhere (no rabbitmq-plugins
+# here) is left as it is.
+ensure_rabbitmq_management() {
+  if ! command -v rabbitmq-plugins >/dev/null && ! [[ -x /usr/sbin/rabbitmq-plugins ]]; then
+    report rabbitmq-mgmt "skipped: rabbitmq-plugins is not installed here"
+    return
+  fi
+  if as_root rabbitmq-plugins list --enabled --minimal 2>/dev/null | grep -qx rabbitmq_management; then
+    report rabbitmq-mgmt "already enabled (http://127.0.0.1:15672)"
+    return
+  fi
+  log "enabling RabbitMQ's management plugin"
+  as_root rabbitmq-plugins enable --quiet rabbitmq_management >&2
+  wait_for_port 127.0.0.1 15672 60 "RabbitMQ management"
+  report rabbitmq-mgmt "enabled (http://127.0.0.1:15672)"
 }
 
 ensure_packages build-deps gcc libc6-dev pkg-config libpq-dev libssl-dev
