@@ -2,6 +2,8 @@
 //! the help text) and a `run` that calls one library function and prints.
 
 mod bench;
+mod completions;
+mod man;
 mod migrate;
 mod place_order;
 mod relay;
@@ -41,6 +43,8 @@ pub enum Command {
     Status(status::Args),
     TailQueue(tail_queue::Args),
     Trace(trace::Args),
+    Completions(completions::Args),
+    Man(man::Args),
 }
 
 impl Command {
@@ -65,6 +69,8 @@ impl Command {
             Self::Status(args) => args.run(ctx, shutdown),
             Self::TailQueue(args) => args.run(ctx, shutdown),
             Self::Trace(args) => args.run(ctx),
+            Self::Completions(args) => args.run(),
+            Self::Man(args) => args.run(),
         }
     }
 }
