@@ -81,6 +81,7 @@ pub fn sample_event(order_id: i64, user_id: i64) -> OrderCreated {
             user_id,
             amount: Money::from_minor_units(4200).expect("a positive amount"),
             currency: Currency::default(),
+            items: Vec::new(),
         },
         chrono::Utc::now(),
     )

@@ -69,6 +69,7 @@ mod tests {
             user_id: 3,
             amount: Money::parse("42").unwrap(),
             currency: Currency::default(),
+            items: Vec::new(),
         };
         OrderCreated::new(order, chrono::Utc::now())
     }

@@ -1,14 +1,28 @@
 //! Domain types. Input is parsed into these once, at the edge; the rest of
-//! the crate never handles raw strings or floats for money.
+//! the crate never handles raw strings or floats for money. The events the
+//! pipeline carries live in [`events`].
 
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use std::io::Write;
+
+use diesel::deserialize::{self, FromSql, FromSqlRow};
+use diesel::expression::AsExpression;
+use diesel::pg::{Pg, PgValue};
+use diesel::serialize::{self, IsNull, Output, ToSql};
+use diesel::sql_types::Text;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use uuid::Uuid;
 
 use crate::error::InvalidInput;
+
+pub mod events;
+
+pub use events::{
+    Event, OrderCancelled, OrderCreated, OrderSnapshot, OrderStatusUpdated, PaymentDeclined,
+    PaymentSucceeded, StockLow, ORDER_CANCELLED, ORDER_CREATED, ORDER_STATUS_UPDATED,
+    PAYMENT_DECLINED, PAYMENT_SUCCEEDED, STOCK_LOW,
+};
 
 /// The largest amount accepted: 1 000 000 000 000.00 in minor units.
 const MAX_MINOR_UNITS: i64 = 100_000_000_000_000;
@@ -136,25 +150,127 @@ impl From<Currency> for String {
     }
 }
 
-/// A user id as given on the command line: a positive integer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct UserId(pub i64);
+/// A positive integer id (a row's primary key) as given on the command line
+/// or carried in an event: serialized as the bare number.
+macro_rules! positive_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub i64);
 
-impl FromStr for UserId {
-    type Err = InvalidInput;
-    fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        match raw.parse::<i64>() {
-            Ok(id) if id > 0 => Ok(Self(id)),
-            _ => Err(InvalidInput::new(format!(
-                "invalid user id {raw:?}: expected a positive integer"
-            ))),
+        impl FromStr for $name {
+            type Err = InvalidInput;
+            fn from_str(raw: &str) -> Result<Self, Self::Err> {
+                match raw.parse::<i64>() {
+                    Ok(id) if id > 0 => Ok(Self(id)),
+                    _ => Err(InvalidInput::new(format!(
+                        concat!("invalid ", $what, " {:?}: expected a positive integer"),
+                        raw
+                    ))),
+                }
+            }
         }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+positive_id!(
+    /// A user's id.
+    UserId,
+    "user id"
+);
+positive_id!(
+    /// An order's id.
+    OrderId,
+    "order id"
+);
+positive_id!(
+    /// A product's id.
+    ProductId,
+    "product id"
+);
+
+/// Where an order stands. Stored as its lower-case name in `orders.status`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AsExpression, FromSqlRow,
+)]
+#[diesel(sql_type = Text)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    Pending,
+    Paid,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub const ALL: [Self; 5] = [
+        Self::Pending,
+        Self::Paid,
+        Self::Shipped,
+        Self::Delivered,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Paid => "paid",
+            Self::Shipped => "shipped",
+            Self::Delivered => "delivered",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The legal moves: `pending` → `paid` → `shipped` → `delivered`, or
+    /// `pending` → `cancelled`. Nothing leaves `delivered` or `cancelled`.
+    pub fn can_become(self, to: Self) -> bool {
+        use OrderStatus::*;
+        matches!(
+            (self, to),
+            (Pending, Paid) | (Paid, Shipped) | (Shipped, Delivered) | (Pending, Cancelled)
+        )
     }
 }
 
-impl fmt::Display for UserId {
+impl fmt::Display for OrderStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OrderStatus {
+    type Err = InvalidInput;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == raw)
+            .ok_or_else(|| {
+                InvalidInput::new(format!(
+                    "invalid order status {raw:?}: expected one of pending, paid, shipped, delivered, cancelled"
+                ))
+            })
+    }
+}
+
+impl ToSql<Text, Pg> for OrderStatus {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        out.write_all(self.as_str().as_bytes())?;
+        Ok(IsNull::No)
+    }
+}
+
+impl FromSql<Text, Pg> for OrderStatus {
+    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+        let raw = <String as FromSql<Text, Pg>>::from_sql(bytes)?;
+        Ok(raw.parse()?)
     }
 }
 
@@ -205,51 +321,6 @@ pub struct NewOrder {
     pub user_id: UserId,
     pub amount: Money,
     pub currency: Currency,
-}
-
-/// The order as carried inside an event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderSnapshot {
-    pub id: i64,
-    pub user_id: i64,
-    pub amount: Money,
-    pub currency: Currency,
-}
-
-/// The routing key of [`OrderCreated`].
-pub const ORDER_CREATED: &str = "order.created";
-
-/// The event published for every committed order (SPEC "Messages").
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderCreated {
-    pub event_id: Uuid,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub occurred_at: DateTime<Utc>,
-    pub order: OrderSnapshot,
-}
-
-impl OrderCreated {
-    pub fn new(order: OrderSnapshot, occurred_at: DateTime<Utc>) -> Self {
-        Self {
-            event_id: Uuid::new_v4(),
-            kind: ORDER_CREATED.to_string(),
-            occurred_at,
-            order,
-        }
-    }
-
-    /// Parses a message body; anything that is not a valid `order.created`
-    /// event is an error the worker treats as permanent.
-    pub fn from_json(body: &[u8]) -> anyhow::Result<Self> {
-        let event: Self = serde_json::from_slice(body)?;
-        anyhow::ensure!(
-            event.kind == ORDER_CREATED,
-            "unexpected event type {:?}",
-            event.kind
-        );
-        Ok(event)
-    }
 }
 
 #[cfg(test)]
@@ -312,6 +383,51 @@ mod tests {
     }
 
     #[test]
+    fn order_and_product_ids_are_positive() {
+        assert_eq!("42".parse::<OrderId>().unwrap(), OrderId(42));
+        assert_eq!("5".parse::<ProductId>().unwrap(), ProductId(5));
+        for raw in ["0", "-1", "x", ""] {
+            assert!(raw.parse::<OrderId>().is_err(), "{raw:?}");
+            assert!(raw.parse::<ProductId>().is_err(), "{raw:?}");
+        }
+        assert_eq!(serde_json::to_string(&OrderId(7)).unwrap(), "7");
+    }
+
+    #[test]
+    fn order_statuses_parse_and_serialize_lower_case() {
+        for status in OrderStatus::ALL {
+            assert_eq!(status.as_str().parse::<OrderStatus>().unwrap(), status);
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::json!(status.as_str())
+            );
+        }
+        for raw in ["", "Paid", "refunded", " paid"] {
+            assert!(raw.parse::<OrderStatus>().is_err(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_documented_status_moves_are_legal() {
+        use OrderStatus::*;
+        let legal = [
+            (Pending, Paid),
+            (Paid, Shipped),
+            (Shipped, Delivered),
+            (Pending, Cancelled),
+        ];
+        for from in OrderStatus::ALL {
+            for to in OrderStatus::ALL {
+                assert_eq!(
+                    from.can_become(to),
+                    legal.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn namespaces_prefix_names_and_keys() {
         let ns = Namespace::parse("t_1").unwrap();
         assert_eq!(ns.name("events"), "t_1.events");
@@ -319,27 +435,5 @@ mod tests {
         for raw in ["", "a.b", "a b", "ä", &"x".repeat(65)] {
             assert!(Namespace::parse(raw).is_err(), "{raw:?}");
         }
-    }
-
-    #[test]
-    fn order_created_has_the_spec_shape() {
-        let order = OrderSnapshot {
-            id: 42,
-            user_id: 3,
-            amount: Money::parse("42").unwrap(),
-            currency: Currency::default(),
-        };
-        let event = OrderCreated::new(order, Utc::now());
-        let json: serde_json::Value = serde_json::to_value(&event).unwrap();
-        assert_eq!(json["type"], "order.created");
-        assert_eq!(
-            json["order"],
-            serde_json::json!({"id": 42, "user_id": 3, "amount": "42.00", "currency": "USD"})
-        );
-        assert_eq!(
-            OrderCreated::from_json(&serde_json::to_vec(&event).unwrap()).unwrap(),
-            event
-        );
-        assert!(OrderCreated::from_json(b"not json").is_err());
     }
 }
