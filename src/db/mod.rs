@@ -5,8 +5,11 @@
 pub mod delivery_attempts;
 pub mod models;
 pub mod notifications;
+pub mod order_items;
 pub mod orders;
 pub mod outbox;
+pub mod payments;
+pub mod products;
 pub mod schema;
 pub mod users;
 

@@ -6,7 +6,8 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::schema::{notifications, orders, outbox, users};
+use super::schema::{notifications, order_items, orders, outbox, payments, products, users};
+use crate::domain::OrderStatus;
 
 #[derive(Clone, Debug, Queryable, Selectable, Serialize, Deserialize, PartialEq, Eq)]
 #[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
@@ -31,6 +32,8 @@ pub struct Order {
     pub amount_minor: i64,
     pub currency: String,
     pub created_at: DateTime<Utc>,
+    pub status: OrderStatus,
+    pub updated_at: DateTime<Utc>,
 }
 
 #[derive(Insertable)]
@@ -84,4 +87,50 @@ pub struct NewNotification<'a> {
     pub order_id: i64,
     pub status: &'a str,
     pub message_id: Option<&'a str>,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = order_items, check_for_backend(diesel::pg::Pg))]
+pub struct OrderItem {
+    pub order_id: i64,
+    pub product_id: i64,
+    pub quantity: i32,
+    pub unit_price_minor: i64,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = payments, check_for_backend(diesel::pg::Pg))]
+pub struct Payment {
+    pub id: i64,
+    pub order_id: i64,
+    pub event_id: Uuid,
+    pub status: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub reference: String,
+    pub decline_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = products, check_for_backend(diesel::pg::Pg))]
+pub struct Product {
+    pub id: i64,
+    pub name: String,
+    pub price_minor: i64,
+    pub currency: String,
+    pub stock: i32,
+    pub low_stock_threshold: i32,
+    pub threshold_fixed: bool,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = products)]
+pub struct NewProductRow<'a> {
+    pub name: &'a str,
+    pub price_minor: i64,
+    pub currency: &'a str,
+    pub stock: i32,
+    pub low_stock_threshold: i32,
+    pub threshold_fixed: bool,
 }

@@ -1,9 +1,11 @@
 //! The `orders` table.
 
+use diesel::dsl::now;
 use diesel::prelude::*;
 
 use super::models::{NewOrderRow, Order};
 use super::schema::orders;
+use crate::domain::OrderStatus;
 
 pub fn insert(conn: &mut PgConnection, order: &NewOrderRow<'_>) -> QueryResult<Order> {
     diesel::insert_into(orders::table)
@@ -18,4 +20,22 @@ pub fn find(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>> {
         .select(Order::as_select())
         .first(conn)
         .optional()
+}
+
+/// The order, locked `FOR UPDATE` until the transaction ends: status moves
+/// of one order happen one after the other.
+pub fn lock(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>> {
+    orders::table
+        .find(id)
+        .for_update()
+        .select(Order::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn set_status(conn: &mut PgConnection, id: i64, status: OrderStatus) -> QueryResult<Order> {
+    diesel::update(orders::table.find(id))
+        .set((orders::status.eq(status), orders::updated_at.eq(now)))
+        .returning(Order::as_returning())
+        .get_result(conn)
 }

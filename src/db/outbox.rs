@@ -7,6 +7,7 @@ use diesel::prelude::*;
 
 use super::models::{NewOutboxRow, OutboxRow};
 use super::schema::outbox;
+use crate::domain::Event;
 
 /// The Postgres channel the insert trigger notifies (see the migration).
 pub const CHANNEL: &str = "outbox_inserted";
@@ -16,6 +17,21 @@ pub fn insert(conn: &mut PgConnection, row: &NewOutboxRow<'_>) -> QueryResult<Ou
         .values(row)
         .returning(OutboxRow::as_returning())
         .get_result(conn)
+}
+
+/// Writes `event` to the outbox, to be published under its routing key;
+/// the row's `order_id` is the event's order.
+pub fn insert_event(conn: &mut PgConnection, event: &Event) -> QueryResult<OutboxRow> {
+    let payload = event.to_json();
+    insert(
+        conn,
+        &NewOutboxRow {
+            event_id: event.event_id(),
+            order_id: event.order_id().0,
+            routing_key: event.routing_key(),
+            payload: &payload,
+        },
+    )
 }
 
 /// Locks up to `limit` unpublished rows, oldest first, skipping rows another

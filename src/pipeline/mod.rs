@@ -1,6 +1,7 @@
 //! The use cases, one module each; the binary's subcommands call these.
 
 pub mod notify;
+pub mod orders;
 pub mod place_order;
 pub mod relay;
 pub mod replay;

@@ -54,6 +54,7 @@ pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Plac
             user_id: row.user_id,
             amount: order.amount,
             currency: order.currency.clone(),
+            items: Vec::new(),
         };
         let event = OrderCreated::new(snapshot, row.created_at);
         let payload = serde_json::to_value(&event)?;

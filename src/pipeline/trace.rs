@@ -263,6 +263,8 @@ mod tests {
             amount_minor: 4200,
             currency: "USD".into(),
             created_at: at(0),
+            status: crate::domain::OrderStatus::Pending,
+            updated_at: at(0),
         }
     }
 

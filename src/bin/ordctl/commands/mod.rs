@@ -5,6 +5,7 @@ mod bench;
 mod completions;
 mod man;
 mod migrate;
+mod order;
 mod place_order;
 mod relay;
 mod replay_dlq;
@@ -37,6 +38,7 @@ pub enum Command {
     Migrate(migrate::Args),
     Seed(seed::Args),
     PlaceOrder(place_order::Args),
+    Order(order::Args),
     Relay(relay::Args),
     ReplayDlq(replay_dlq::Args),
     Worker(worker::Args),
@@ -63,6 +65,7 @@ impl Command {
             Self::Migrate(args) => args.run(ctx),
             Self::Seed(args) => args.run(ctx),
             Self::PlaceOrder(args) => args.run(ctx),
+            Self::Order(args) => args.run(ctx),
             Self::Relay(args) => args.run(ctx, shutdown),
             Self::ReplayDlq(args) => args.run(ctx),
             Self::Worker(args) => args.run(ctx, shutdown),

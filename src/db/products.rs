@@ -1,0 +1,91 @@
+//! The `products` table. Stock only ever moves through single conditional
+//! statements (never read-then-write), so concurrent orders serialize on
+//! the product's row and the stock can never go below zero.
+
+use diesel::dsl::now;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer};
+
+use super::models::{NewProductRow, Product};
+use super::schema::products;
+
+pub fn insert(conn: &mut PgConnection, product: &NewProductRow<'_>) -> QueryResult<Product> {
+    diesel::insert_into(products::table)
+        .values(product)
+        .returning(Product::as_returning())
+        .get_result(conn)
+}
+
+pub fn find(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Product>> {
+    products::table
+        .find(id)
+        .select(Product::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// The products among `ids` that exist, in id order.
+pub fn find_many(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<Product>> {
+    products::table
+        .filter(products::id.eq_any(ids))
+        .order(products::id)
+        .select(Product::as_select())
+        .load(conn)
+}
+
+/// Every product, in id order.
+pub fn all(conn: &mut PgConnection) -> QueryResult<Vec<Product>> {
+    products::table
+        .order(products::id)
+        .select(Product::as_select())
+        .load(conn)
+}
+
+/// Takes `quantity` from the product's stock if it has that much, in one
+/// conditional UPDATE (the row lock makes concurrent takers wait, then
+/// re-check). Returns the product after the take, or `None` if the stock
+/// was short (or the product does not exist).
+pub fn take(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<Option<Product>> {
+    diesel::update(
+        products::table
+            .find(id)
+            .filter(products::stock.ge(quantity)),
+    )
+    .set((
+        products::stock.eq(products::stock - quantity),
+        products::updated_at.eq(now),
+    ))
+    .returning(Product::as_returning())
+    .get_result(conn)
+    .optional()
+}
+
+/// Gives `quantity` back to the product's stock (a cancelled order's
+/// items). The threshold stays: only an add or a restock moves it.
+pub fn release(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<Product> {
+    diesel::update(products::table.find(id))
+        .set((
+            products::stock.eq(products::stock + quantity),
+            products::updated_at.eq(now),
+        ))
+        .returning(Product::as_returning())
+        .get_result(conn)
+}
+
+/// Adds `quantity` to the stock and, unless the threshold was set
+/// explicitly, moves the threshold to half the new stock. `None` if the
+/// product does not exist.
+pub fn restock(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<Option<Product>> {
+    diesel::sql_query(
+        "UPDATE products SET stock = stock + $2, \
+             low_stock_threshold = CASE WHEN threshold_fixed THEN low_stock_threshold \
+                                        ELSE (stock + $2) / 2 END, \
+             updated_at = now() \
+         WHERE id = $1 \
+         RETURNING id, name, price_minor, currency, stock, low_stock_threshold, threshold_fixed",
+    )
+    .bind::<BigInt, _>(id)
+    .bind::<Integer, _>(quantity)
+    .get_result(conn)
+    .optional()
+}
