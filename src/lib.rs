@@ -7,12 +7,12 @@
 //! confirmation email. The `ordctl` binary is a thin shell over this crate:
 //! every process role is one subcommand.
 
-pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod fanout;
 pub mod mail;
 pub mod messaging;
 pub mod pipeline;

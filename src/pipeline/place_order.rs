@@ -20,6 +20,7 @@ use crate::domain::{
     Currency, Money, NewOrder, OrderCreated, OrderSnapshot, UserId, ORDER_CREATED,
 };
 use crate::error::InvalidInput;
+use crate::fanout::fan_out;
 use crate::messaging::publisher::Publisher;
 
 /// A committed order, as `place-order --json` prints it.
@@ -176,8 +177,8 @@ impl<'a> Window<'a> {
         published as u64
     }
 
-    fn close(self) {
-        if let Some(publisher) = self.publisher {
+    fn close(&mut self) {
+        if let Some(publisher) = self.publisher.take() {
             publisher.close();
         }
     }
@@ -200,91 +201,80 @@ pub enum Users {
     All,
 }
 
-/// Places `count` orders from `concurrency` threads, each with its own
-/// database connection and publisher, all for `amount` or, without one, for
-/// varied amounts (5.00 to 204.99). `progress` is called once per order.
-#[allow(clippy::too_many_arguments)]
+/// What `place-order --count` places.
+pub struct Bulk {
+    pub users: Users,
+    /// Every order's amount; `None` spreads them over 5.00 to 204.99.
+    pub amount: Option<Money>,
+    pub currency: Currency,
+    pub count: u64,
+    /// Threads placing at once, each with its own connection and publisher.
+    pub concurrency: u16,
+}
+
+/// Places `bulk.count` orders from `bulk.concurrency` threads, each with its
+/// own database connection and publisher. `progress` is called once per
+/// order. A failed order is counted and the others go on; only when every
+/// order failed (or none did and a thread could not start) is it an error.
 pub fn place_many(
     pool: &PgPool,
     connect_publisher: &(dyn Fn() -> anyhow::Result<Publisher> + Sync),
-    users_to_use: Users,
-    amount: Option<Money>,
-    currency: &Currency,
-    count: u64,
-    concurrency: u16,
+    bulk: &Bulk,
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<BulkSummary> {
-    let mut conn = pool.get().context("getting a database connection")?;
-    let user_ids: Vec<i64> = match users_to_use {
-        Users::One(id) => {
-            if users::find(&mut conn, id.0)?.is_none() {
-                return Err(InvalidInput::new(format!("unknown user {id}")).into());
-            }
-            vec![id.0]
-        }
-        Users::All => users::all_ids(&mut conn)?,
-    };
-    drop(conn);
-    if user_ids.is_empty() {
-        return Err(InvalidInput::new("there are no users: run `ordctl seed` first").into());
-    }
-
-    let next = AtomicU64::new(0);
+    let user_ids = bulk_users(pool, &bulk.users)?;
     let published = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    let started = Instant::now();
-    std::thread::scope(|scope| {
-        for _ in 0..concurrency.max(1) {
-            scope.spawn(|| {
-                // None after a failure: the connection may be broken (a
-                // server restart), so it goes back to the pool, which drops
-                // broken ones, and the next order takes another.
-                let mut conn: Option<PooledConnection<_>> = None;
-                let mut window = Window::new(connect_publisher);
-                loop {
-                    let n = next.fetch_add(1, Ordering::SeqCst);
-                    if n >= count {
-                        break;
-                    }
-                    let order = NewOrder {
-                        user_id: UserId(user_ids[(n % user_ids.len() as u64) as usize]),
-                        amount: amount.unwrap_or_else(|| varied_amount(n)),
-                        currency: currency.clone(),
-                    };
-                    let result =
-                        match conn.as_mut() {
-                            Some(connection) => commit(connection, &order),
-                            None => match pool.get() {
-                                Ok(connection) => commit(conn.insert(connection), &order),
-                                Err(error) => Err(anyhow::Error::from(error)
-                                    .context("getting a database connection")),
-                            },
-                        };
-                    match result {
-                        Ok(committed) => window.pending.push(committed),
+    let count = bulk.count;
+    let timing = fan_out(
+        bulk.concurrency,
+        count,
+        &|| Ok(Window::new(connect_publisher)),
+        &|window, items| {
+            // None after a failure: the connection may be broken (a server
+            // restart), so it goes back to the pool, which drops broken
+            // ones, and the next order takes another.
+            let mut conn: Option<PooledConnection<_>> = None;
+            while let Some(n) = items.take() {
+                let order = NewOrder {
+                    user_id: UserId(user_ids[(n % user_ids.len() as u64) as usize]),
+                    amount: bulk.amount.unwrap_or_else(|| varied_amount(n)),
+                    currency: bulk.currency.clone(),
+                };
+                let result = match conn.as_mut() {
+                    Some(connection) => commit(connection, &order),
+                    None => match pool.get() {
+                        Ok(connection) => commit(conn.insert(connection), &order),
                         Err(error) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            first_error.lock().unwrap().get_or_insert(error);
-                            conn = None;
+                            Err(anyhow::Error::from(error).context("getting a database connection"))
                         }
-                    }
-                    progress(n + 1);
-                    if let Some(connection) = conn
-                        .as_mut()
-                        .filter(|_| window.pending.len() >= PUBLISH_WINDOW)
-                    {
-                        published.fetch_add(window.flush(connection), Ordering::Relaxed);
+                    },
+                };
+                match result {
+                    Ok(committed) => window.pending.push(committed),
+                    Err(error) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        first_error.lock().unwrap().get_or_insert(error);
+                        conn = None;
                     }
                 }
-                if let Some(mut connection) = conn.or_else(|| pool.get().ok()) {
-                    published.fetch_add(window.flush(&mut connection), Ordering::Relaxed);
+                progress(n + 1);
+                if let Some(connection) = conn
+                    .as_mut()
+                    .filter(|_| window.pending.len() >= PUBLISH_WINDOW)
+                {
+                    published.fetch_add(window.flush(connection), Ordering::Relaxed);
                 }
-                window.close();
-            });
-        }
-    });
-    let elapsed = started.elapsed().as_secs_f64();
+            }
+            if let Some(mut connection) = conn.or_else(|| pool.get().ok()) {
+                published.fetch_add(window.flush(&mut connection), Ordering::Relaxed);
+            }
+            window.close();
+            Ok(())
+        },
+    )?;
+    let elapsed = timing.elapsed.as_secs_f64();
     let failed = failed.into_inner();
     if let Some(error) = first_error.into_inner().unwrap() {
         if failed == count || failed == 0 {
@@ -304,6 +294,24 @@ pub fn place_many(
             0.0
         },
     })
+}
+
+/// The ids bulk orders go to: the one user (which must exist), or all.
+fn bulk_users(pool: &PgPool, which: &Users) -> anyhow::Result<Vec<i64>> {
+    let mut conn = pool.get().context("getting a database connection")?;
+    let user_ids: Vec<i64> = match which {
+        Users::One(id) => {
+            if users::find(&mut conn, id.0)?.is_none() {
+                return Err(InvalidInput::new(format!("unknown user {id}")).into());
+            }
+            vec![id.0]
+        }
+        Users::All => users::all_ids(&mut conn)?,
+    };
+    if user_ids.is_empty() {
+        return Err(InvalidInput::new("there are no users: run `ordctl seed` first").into());
+    }
+    Ok(user_ids)
 }
 
 /// The `n`th of a spread of demo amounts, 5.00 to 204.99.

@@ -6,7 +6,7 @@ use ordctl::db;
 use ordctl::domain::{Currency, Money, NewOrder, UserId};
 use ordctl::error::InvalidInput;
 use ordctl::messaging::publisher::Publisher;
-use ordctl::pipeline::place_order::{self, Users};
+use ordctl::pipeline::place_order::{self, Bulk, Users};
 
 use super::Ctx;
 use crate::output;
@@ -90,16 +90,14 @@ impl Args {
             ProgressStyle::with_template("{bar:40} {pos}/{len} orders  {per_sec}  eta {eta}")
                 .expect("a valid template"),
         );
-        let summary = place_order::place_many(
-            &pool,
-            &connect,
+        let bulk = Bulk {
             users,
-            self.amount,
-            &self.currency,
+            amount: self.amount,
+            currency: self.currency.clone(),
             count,
-            self.concurrency,
-            &|_| bar.inc(1),
-        )?;
+            concurrency: self.concurrency,
+        };
+        let summary = place_order::place_many(&pool, &connect, &bulk, &|_| bar.inc(1))?;
         bar.finish_and_clear();
         if ctx.json {
             return output::json(&summary);
