@@ -156,6 +156,13 @@ pub enum SmtpTls {
 }
 
 impl SmtpSettings {
+    /// The URL as given, credentials included: to hand to a child process
+    /// (in its environment, never on its command line). Display masks the
+    /// password; this does not.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
         let url = parse_url("--smtp-url", raw, &["smtp", "smtps"])?;
         let masked = redact(&url);

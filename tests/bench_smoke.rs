@@ -23,9 +23,7 @@ fn bench_with_a_tiny_load_reports_every_figure_and_cleans_up() {
             "--orders",
             "20",
             "--concurrency",
-            "2",
-            "--worker-concurrency",
-            "2",
+            "1,2",
             "--latency-rate",
             "20",
             "--latency-secs",
@@ -35,48 +33,53 @@ fn bench_with_a_tiny_load_reports_every_figure_and_cleans_up() {
         .assert_code(0);
     let report = run.json();
 
-    for path in [
-        "/raw/postgres_order_tx/per_sec",
-        "/raw/amqp_publish_confirm_each/per_sec",
-        "/raw/amqp_consume_prefetch_1/per_sec",
-        "/raw/amqp_publish_confirm_per_100/per_sec",
-        "/raw/amqp_consume_prefetch_100/per_sec",
-        "/raw/smtp_send/per_sec",
-        "/pipeline/place/per_sec",
-        "/pipeline/drain/per_sec",
-        "/pipeline/latency/achieved_per_sec",
-        "/pipeline/latency/commit_to_smtp_250_ms/p50",
-        "/pipeline/latency/commit_to_smtp_250_ms/p95",
-        "/pipeline/latency/commit_to_smtp_250_ms/p99",
-        "/pipeline/latency/commit_to_sent_at_ms/p99",
-        "/pipeline/latency/relay_lag_ms/p99",
+    let mut paths: Vec<String> = [
+        "/amqp/publish_confirm_each/per_sec",
+        "/amqp/consume_prefetch_1/per_sec",
+        "/amqp/publish_confirm_per_100/per_sec",
+        "/amqp/consume_prefetch_100/per_sec",
+        "/default_worker/rate/per_sec",
+        "/default_worker/peak_rss_mib",
+        "/latency/achieved_per_sec",
+        "/latency/commit_to_smtp_250_ms/p50",
+        "/latency/commit_to_smtp_250_ms/p99",
+        "/latency/relay_lag_ms/p99",
         "/worker/peak_rss_mib",
-    ] {
+    ]
+    .map(String::from)
+    .to_vec();
+    for point in 0..2 {
+        for figure in ["raw_postgres", "raw_smtp", "place", "drain/rate"] {
+            paths.push(format!("/curve/{point}/{figure}/per_sec"));
+        }
+    }
+    for path in &paths {
         let value = report.pointer(path).and_then(Value::as_f64);
         assert!(
             value.is_some_and(|v| v > 0.0),
             "{path} is {value:?} in:\n{report:#}"
         );
     }
-    assert_eq!(report["pipeline"]["place"]["count"], 20);
-    assert_eq!(report["pipeline"]["drain"]["count"], 20);
-    assert_eq!(
-        report["pipeline"]["latency"]["commit_to_smtp_250_ms"]["samples"],
-        20
-    );
+    assert_eq!(report["curve"][1]["concurrency"], 2);
+    assert_eq!(report["curve"][1]["drain"]["worker_concurrency"], 2);
+    assert!(report["default_worker"]["worker_concurrency"].is_null());
+    assert_eq!(report["curve"][0]["place"]["count"], 20);
+    assert_eq!(report["curve"][0]["drain"]["rate"]["count"], 20);
+    assert_eq!(report["latency"]["commit_to_smtp_250_ms"]["samples"], 20);
     let figures = report["figures"].as_array().expect("a figures array");
     let ratios: Vec<&str> = figures
         .iter()
         .filter(|figure| figure["ratio"].is_number())
         .map(|figure| figure["name"].as_str().unwrap())
         .collect();
-    assert!(
-        ratios.iter().any(|name| name.starts_with("place rate"))
-            && ratios
-                .iter()
-                .any(|name| name.starts_with("end-to-end drain")),
-        "{ratios:?}"
-    );
+    for name in [
+        "place rate at 1",
+        "drain at 1",
+        "place rate at 2",
+        "drain at 2",
+    ] {
+        assert!(ratios.contains(&name), "{name} has no ratio: {ratios:?}");
+    }
 
     // The scratch database and queues are gone.
     let database = report["parameters"]["database"].as_str().unwrap();

@@ -2,6 +2,7 @@
 //! prints the error chain once and exits with the code the SPEC gives
 //! (0 success, 1 operational failure, 2 invalid input).
 
+mod bench;
 mod commands;
 mod output;
 

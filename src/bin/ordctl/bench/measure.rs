@@ -88,6 +88,25 @@ impl CpuSample {
     }
 }
 
+/// The busy share of all cores over the next second (this sleeps).
+pub fn busy_in_the_next_second() -> f64 {
+    let before = CpuSample::now();
+    std::thread::sleep(Duration::from_secs(1));
+    before.busy_since()
+}
+
+/// The 1, 5 and 15 minute load averages, as `uptime` shows them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
 /// p50/p95/p99/max of a set of samples, in milliseconds (nearest rank).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Percentiles {

@@ -1,11 +1,16 @@
-//! `ordctl bench`: measures this machine's raw limits (Postgres, RabbitMQ,
-//! SMTP without ordctl in the way) and the pipeline's figures, and states
-//! each pipeline figure as a ratio of the raw limit that bounds it.
+//! `ordctl bench`: measures this machine's raw limits (PostgreSQL with
+//! `pgbench`, SMTP with Postfix's `smtp-source`, RabbitMQ through amiquip —
+//! no ordctl code in the way) and the pipeline's figures, each next to the
+//! raw limit that bounds it at the same concurrency.
 //!
 //! It runs in a throw-away database (`ordctl_bench_<random>`) and namespace
 //! (`bench_<random>`) that it removes at the end, so a user's data is never
 //! touched. It needs a real SMTP server: a benchmark into `.eml` files would
 //! measure the disk, not the pipeline.
+//!
+//! Each section (raw RabbitMQ, the concurrency curve, the default worker,
+//! latency) is one function that adds its part of the [`Report`] and its
+//! rows of the table; a new section is one more such function in [`run`].
 
 pub mod measure;
 pub mod pipeline;
@@ -16,18 +21,16 @@ use std::path::PathBuf;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::RunQueryDsl;
+use ordctl::config::{Settings, SmtpSettings};
+use ordctl::db::{self, PgPool};
+use ordctl::domain::Namespace;
+use ordctl::error::InvalidInput;
+use ordctl::messaging::{self, topology::Topology};
+use ordctl::shutdown::Shutdown;
 use serde::Serialize;
-use url::Url;
 
 use self::measure::{Machine, Rate};
-use self::pipeline::{Latency, Pipeline};
-use crate::config::{Settings, SmtpSettings, SmtpTls};
-use crate::db;
-use crate::db::models::User;
-use crate::domain::Namespace;
-use crate::error::InvalidInput;
-use crate::messaging::{self, topology::Topology};
-use crate::shutdown::Shutdown;
+use self::pipeline::{Latency, Pipeline, WorkerRun};
 
 /// Demo users the orders are spread over (each is cached after first use).
 const USERS: u32 = 1000;
@@ -35,9 +38,11 @@ const USERS: u32 = 1000;
 /// RabbitMQ figures, which show what batching could gain.
 const BATCH: u16 = 100;
 
-/// The targets of issue 5, as ratios of the raw Postgres rate and absolutes.
+/// The targets of the speed issue.
 pub const PLACE_TARGET: f64 = 0.7;
-pub const DRAIN_TARGET: f64 = 0.3;
+pub const DRAIN_VS_SMTP_TARGET: f64 = 0.5;
+pub const DEFAULT_DRAIN_TARGET: f64 = 1_500.0;
+pub const P50_TARGET_MS: f64 = 10.0;
 pub const P99_TARGET_MS: f64 = 50.0;
 pub const RSS_TARGET_MIB: f64 = 64.0;
 
@@ -45,12 +50,11 @@ pub const RSS_TARGET_MIB: f64 = 64.0;
 pub struct Options {
     /// Orders (and raw operations) per throughput phase.
     pub orders: u64,
-    /// Threads placing orders, and of every raw phase.
-    pub concurrency: u16,
-    /// `ordctl worker --concurrency`.
-    pub worker_concurrency: u16,
-    /// Offered load of the latency phase; default half the slower of the
-    /// place and drain rates.
+    /// The concurrencies of the curve: placing threads, worker slots and
+    /// raw connections.
+    pub concurrencies: Vec<u16>,
+    /// Offered load of the latency phase; default half what the default
+    /// worker sustains (the slower of placing and draining).
     pub latency_rate: Option<f64>,
     pub latency_secs: f64,
     /// The `ordctl` binary to run as the worker.
@@ -61,12 +65,17 @@ pub struct Options {
 pub struct Report {
     pub started_at: DateTime<Utc>,
     pub machine: Machine,
-    /// Share of all cores busy in the second before the run: other load
-    /// (a build, tests) skews every figure, so it is recorded with them.
+    /// Share of all cores busy in the second before the run, and the load
+    /// averages: other load (a build, tests) skews every figure.
     pub cpu_busy_before: f64,
+    pub load_average_before: String,
     pub parameters: Parameters,
-    pub raw: RawLimits,
-    pub pipeline: PipelineFigures,
+    pub amqp: Option<AmqpLimits>,
+    /// Raw limits and pipeline figures at each concurrency.
+    pub curve: Vec<Point>,
+    /// `ordctl worker` with no flags draining the backlog.
+    pub default_worker: Option<Drain>,
+    pub latency: Option<Latency>,
     pub worker: WorkerFigures,
     /// Every figure with its ratio to the raw limit and target: what the
     /// table shows.
@@ -76,8 +85,7 @@ pub struct Report {
 #[derive(Clone, Debug, Serialize)]
 pub struct Parameters {
     pub orders: u64,
-    pub concurrency: u16,
-    pub worker_concurrency: u16,
+    pub concurrencies: Vec<u16>,
     pub latency_secs: f64,
     pub smtp: String,
     /// The scratch database and namespace (removed at the end).
@@ -85,34 +93,58 @@ pub struct Parameters {
     pub namespace: String,
 }
 
+/// RabbitMQ through amiquip at the curve's highest concurrency.
 #[derive(Clone, Debug, Serialize)]
-pub struct RawLimits {
-    /// BEGIN; INSERT orders; INSERT outbox; COMMIT — plain SQL.
-    pub postgres_order_tx: Rate,
+pub struct AmqpLimits {
+    pub concurrency: u16,
     /// Persistent publishes, each waiting for its confirm.
-    pub amqp_publish_confirm_each: Rate,
+    pub publish_confirm_each: Rate,
     /// Consume and ack, one unacked message per channel.
-    pub amqp_consume_prefetch_1: Rate,
-    pub amqp_publish_confirm_per_100: Rate,
-    pub amqp_consume_prefetch_100: Rate,
-    pub smtp_send: Rate,
+    pub consume_prefetch_1: Rate,
+    pub publish_confirm_per_100: Rate,
+    pub consume_prefetch_100: Rate,
 }
 
+/// One concurrency of the curve.
 #[derive(Clone, Debug, Serialize)]
-pub struct PipelineFigures {
+pub struct Point {
+    pub concurrency: u16,
+    /// `pgbench` running the order+outbox transaction with this many clients.
+    pub raw_postgres: Rate,
+    /// `smtp-source` with this many sessions; absent when it cannot speak
+    /// to the server (TLS or AUTH).
+    pub raw_smtp: Option<Rate>,
+    /// `place-order --count N --concurrency C`.
     pub place: Rate,
-    pub drain: Rate,
-    pub latency: Latency,
+    /// `ordctl worker --concurrency C` draining the N placed orders.
+    pub drain: Drain,
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct WorkerFigures {
-    /// The highest VmHWM of the worker processes (drain and latency runs).
+pub struct Drain {
+    /// `--concurrency` passed to the worker; `None` for its default.
+    pub worker_concurrency: Option<u16>,
+    pub rate: Rate,
     pub peak_rss_mib: f64,
-    pub drain_peak_rss_mib: f64,
-    pub latency_peak_rss_mib: f64,
-    /// The worker's own CPU time per order while draining.
-    pub drain_cpu_ms_per_order: f64,
+    /// The worker's own CPU time per order.
+    pub cpu_ms_per_order: f64,
+}
+
+impl Drain {
+    fn new(worker_concurrency: Option<u16>, rate: Rate, run: &WorkerRun) -> Self {
+        Self {
+            worker_concurrency,
+            cpu_ms_per_order: run.cpu_secs * 1000.0 / rate.count.max(1) as f64,
+            rate,
+            peak_rss_mib: mib(run.peak_rss_kib),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WorkerFigures {
+    /// The highest VmHWM of every worker process the benchmark ran.
+    pub peak_rss_mib: f64,
 }
 
 /// One row of the table.
@@ -128,7 +160,75 @@ pub struct Figure {
     pub met: Option<bool>,
 }
 
-/// Runs every phase and returns the figures. Whatever happens, the
+impl Figure {
+    fn plain(name: impl Into<String>, value: f64, unit: &str) -> Self {
+        Self {
+            name: name.into(),
+            value,
+            unit: unit.to_string(),
+            baseline: None,
+            ratio: None,
+            target: None,
+            met: None,
+        }
+    }
+
+    /// Compared with `base`, optionally with a target ratio.
+    fn versus(mut self, base_name: &str, base: f64, target: Option<f64>) -> Self {
+        let ratio = (base > 0.0).then(|| self.value / base);
+        self.baseline = Some(base_name.to_string());
+        self.ratio = ratio;
+        if let Some(target) = target {
+            self.target = Some(format!("≥ {target:.2} × {base_name}"));
+            self.met = Some(ratio.is_some_and(|r| r >= target));
+        }
+        self
+    }
+
+    fn at_least(mut self, limit: f64) -> Self {
+        self.target = Some(format!("≥ {limit} {}", self.unit));
+        self.met = Some(self.value >= limit);
+        self
+    }
+
+    fn at_most(mut self, limit: f64) -> Self {
+        self.target = Some(format!("≤ {limit} {}", self.unit));
+        self.met = Some(self.value <= limit);
+        self
+    }
+}
+
+/// What every section needs.
+struct Bench<'a> {
+    settings: &'a Settings,
+    topology: &'a Topology,
+    smtp: &'a SmtpSettings,
+    pool: &'a PgPool,
+    options: &'a Options,
+    shutdown: &'a Shutdown,
+    user_ids: Vec<i64>,
+}
+
+impl Bench<'_> {
+    fn interrupted(&self) -> anyhow::Result<()> {
+        if self.shutdown.is_triggered() {
+            anyhow::bail!("interrupted");
+        }
+        Ok(())
+    }
+
+    fn pipeline(&self) -> Pipeline<'_> {
+        Pipeline {
+            settings: self.settings,
+            topology: self.topology,
+            pool: self.pool,
+            worker_exe: &self.options.worker_exe,
+            shutdown: self.shutdown,
+        }
+    }
+}
+
+/// Runs every section and returns the figures. Whatever happens, the
 /// database, queues, exchanges and Redis keys it made are removed.
 pub fn run(settings: &Settings, options: &Options, shutdown: &Shutdown) -> anyhow::Result<Report> {
     let smtp = settings.smtp.clone().ok_or_else(|| {
@@ -145,7 +245,7 @@ pub fn run(settings: &Settings, options: &Options, shutdown: &Shutdown) -> anyho
         .database_url
         .set_path(&format!("/ordctl_bench_{suffix}"));
     settings.namespace = Namespace::parse(&format!("bench_{suffix}"))?;
-    let topology = crate::pipeline::topology(&settings);
+    let topology = ordctl::pipeline::topology(&settings);
     let scratch = Scratch {
         settings: &settings,
         topology: &topology,
@@ -170,268 +270,262 @@ fn measure_all(
     shutdown: &Shutdown,
 ) -> anyhow::Result<Report> {
     let started_at = Utc::now();
-    let before = measure::CpuSample::now();
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    let cpu_busy_before = before.busy_since();
+    let cpu_busy_before = measure::busy_in_the_next_second();
     if cpu_busy_before > 0.2 {
         tracing::warn!(
             "{:.0}% of the CPU was busy before the benchmark started: figures will be low",
             cpu_busy_before * 100.0
         );
     }
-    let (n, c) = (options.orders, options.concurrency);
     let url = &settings.database_url;
     db::create_database_if_missing(url)?;
     let mut conn = db::connect(url)?;
     db::run_migrations(&mut conn)?;
-    let users = crate::pipeline::seed::seed(&mut conn, USERS)?;
-    let user_ids: Vec<i64> = users.iter().map(|user| user.id).collect();
-    let interrupted = || {
-        if shutdown.is_triggered() {
-            anyhow::bail!("interrupted");
-        }
-        Ok(())
-    };
-
-    tracing::info!("raw Postgres: {n} order+outbox transactions, {c} connections");
-    let postgres = raw::postgres(url, &user_ids, n, c).context("raw Postgres")?;
-    // The raw rows must not reach the pipeline's relay.
-    diesel::sql_query("TRUNCATE outbox, orders CASCADE").execute(&mut conn)?;
-    interrupted()?;
-
-    let amqp = &settings.amqp_url;
-    let queue = &scratch.raw_queue;
-    raw::declare_queue(amqp, queue)?;
-    tracing::info!("raw RabbitMQ: {n} persistent publishes and consumes, {c} channels");
-    let publish_each = raw::amqp_publish(amqp, queue, n, c, 1).context("raw publish")?;
-    let consume_1 = raw::amqp_consume(amqp, queue, n, c, 1).context("raw consume")?;
-    interrupted()?;
-    let publish_batch =
-        raw::amqp_publish(amqp, queue, n, c, u64::from(BATCH)).context("raw batched publish")?;
-    let consume_batch =
-        raw::amqp_consume(amqp, queue, n, c, BATCH).context("raw batched consume")?;
-    interrupted()?;
-
-    tracing::info!("raw SMTP: {n} sends to {smtp}, {c} pooled connections");
-    let email = sample_email(settings, &users[0])?;
-    let smtp_send = raw::smtp(smtp, &email, n, c).context("raw SMTP")?;
-    interrupted()?;
-
-    // Up to LATENCY_PLACERS connections for the latency phase's placers.
-    let pool = db::pool(url, u32::from(c.max(LATENCY_PLACERS)))?;
-    let pipeline = Pipeline {
+    let users = ordctl::pipeline::seed::seed(&mut conn, USERS)?;
+    let max_concurrency = options.concurrencies.iter().copied().max().unwrap_or(1);
+    let pool = db::pool(
+        url,
+        u32::from(max_concurrency.max(pipeline::LATENCY_PLACERS)),
+    )?;
+    let bench = Bench {
         settings,
         topology,
+        smtp,
         pool: &pool,
-        worker_exe: &options.worker_exe,
-        worker_concurrency: options.worker_concurrency,
+        options,
         shutdown,
+        user_ids: users.iter().map(|user| user.id).collect(),
     };
-    tracing::info!("pipeline: placing {n} orders, concurrency {c}");
-    let place = pipeline.place(n, c).context("placing orders")?;
-    interrupted()?;
-    tracing::info!(
-        "pipeline: draining {n} orders through `ordctl worker --concurrency {}`",
-        options.worker_concurrency
-    );
-    let (drain, drain_run) = pipeline.drain(n).context("draining")?;
-    interrupted()?;
-    // Half of what the whole pipeline sustains: the slower of placing and
-    // draining. A load above the drain rate would measure a growing queue.
-    let rate = options
-        .latency_rate
-        .unwrap_or(place.per_sec.min(drain.per_sec) / 2.0);
-    tracing::info!(
-        "pipeline: latency at {rate:.0} orders/s for {}s with a worker running",
-        options.latency_secs
-    );
-    let (latency, latency_run) = pipeline
-        .latency(rate, options.latency_secs, latency_placers(rate, c))
-        .context("measuring latency")?;
-
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    let worker = WorkerFigures {
-        peak_rss_mib: mib(drain_run.peak_rss_kib.max(latency_run.peak_rss_kib)),
-        drain_peak_rss_mib: mib(drain_run.peak_rss_kib),
-        latency_peak_rss_mib: mib(latency_run.peak_rss_kib),
-        drain_cpu_ms_per_order: drain_run.cpu_secs * 1000.0 / n as f64,
-    };
-    let raw = RawLimits {
-        postgres_order_tx: postgres,
-        amqp_publish_confirm_each: publish_each,
-        amqp_consume_prefetch_1: consume_1,
-        amqp_publish_confirm_per_100: publish_batch,
-        amqp_consume_prefetch_100: consume_batch,
-        smtp_send,
-    };
-    let pipeline = PipelineFigures {
-        place,
-        drain,
-        latency,
-    };
-    Ok(Report {
+    let mut report = Report {
         started_at,
         machine: Machine::describe(),
         cpu_busy_before,
+        load_average_before: measure::load_average(),
         parameters: Parameters {
-            orders: n,
-            concurrency: c,
-            worker_concurrency: options.worker_concurrency,
+            orders: options.orders,
+            concurrencies: options.concurrencies.clone(),
             latency_secs: options.latency_secs,
             smtp: smtp.to_string(),
-            database: settings
-                .database_url
-                .path()
-                .trim_start_matches('/')
-                .to_string(),
+            database: url.path().trim_start_matches('/').to_string(),
             namespace: settings.namespace.to_string(),
         },
-        figures: figures(&raw, &pipeline, &worker),
-        raw,
-        pipeline,
-        worker,
-    })
+        amqp: None,
+        curve: Vec::new(),
+        default_worker: None,
+        latency: None,
+        worker: WorkerFigures::default(),
+        figures: Vec::new(),
+    };
+    let email = raw::sample_email(settings, &users[0])?;
+    amqp_section(&bench, &scratch.raw_queue, max_concurrency, &mut report)?;
+    curve_section(&bench, &email, &mut report)?;
+    default_worker_section(&bench, &mut report)?;
+    latency_section(&bench, &mut report)?;
+    report.figures.push(
+        Figure::plain(
+            "worker peak RSS (VmHWM, every run)",
+            report.worker.peak_rss_mib,
+            "MiB",
+        )
+        .at_most(RSS_TARGET_MIB),
+    );
+    Ok(report)
 }
 
-/// The rows of the table: each figure, what it is compared with, and
-/// whether it meets its target.
-pub fn figures(raw: &RawLimits, pipeline: &PipelineFigures, worker: &WorkerFigures) -> Vec<Figure> {
-    let plain = |name: &str, value: f64, unit: &str| Figure {
-        name: name.to_string(),
-        value,
-        unit: unit.to_string(),
-        baseline: None,
-        ratio: None,
-        target: None,
-        met: None,
+/// Raw RabbitMQ, at the curve's highest concurrency: what one confirm per
+/// publish and one unacked message per consumer cost against batches.
+fn amqp_section(bench: &Bench<'_>, queue: &str, c: u16, report: &mut Report) -> anyhow::Result<()> {
+    let n = bench.options.orders;
+    let amqp = &bench.settings.amqp_url;
+    raw::declare_queue(amqp, queue)?;
+    tracing::info!("raw RabbitMQ: {n} persistent publishes and consumes, {c} channels");
+    let limits = AmqpLimits {
+        concurrency: c,
+        publish_confirm_each: raw::amqp_publish(amqp, queue, n, c, 1).context("raw publish")?,
+        consume_prefetch_1: raw::amqp_consume(amqp, queue, n, c, 1).context("raw consume")?,
+        publish_confirm_per_100: raw::amqp_publish(amqp, queue, n, c, u64::from(BATCH))
+            .context("raw batched publish")?,
+        consume_prefetch_100: raw::amqp_consume(amqp, queue, n, c, BATCH)
+            .context("raw batched consume")?,
     };
-    let pg = raw.postgres_order_tx.per_sec;
-    let versus =
-        |name: &str, value: f64, unit: &str, base_name: &str, base: f64, target: Option<f64>| {
-            let ratio = (base > 0.0).then(|| value / base);
-            Figure {
-                baseline: Some(base_name.to_string()),
-                ratio,
-                target: target.map(|t| format!("≥ {t:.2} × {base_name}")),
-                met: target.map(|t| ratio.is_some_and(|r| r >= t)),
-                ..plain(name, value, unit)
-            }
-        };
-    let at_most = |name: &str, value: f64, unit: &str, limit: f64| Figure {
-        target: Some(format!("≤ {limit} {unit}")),
-        met: Some(value <= limit),
-        ..plain(name, value, unit)
-    };
-    let latency = &pipeline.latency;
-    let ms = |name: &str, value: f64| plain(name, value, "ms");
-    vec![
-        plain("raw Postgres: order+outbox transaction", pg, "tx/s"),
-        plain(
-            "raw RabbitMQ: persistent publish, confirm each",
-            raw.amqp_publish_confirm_each.per_sec,
+    bench.interrupted()?;
+    let rows = [
+        (
+            "persistent publish, confirm each",
+            &limits.publish_confirm_each,
+        ),
+        ("consume + ack, prefetch 1", &limits.consume_prefetch_1),
+        (
+            "persistent publish, confirm per 100",
+            &limits.publish_confirm_per_100,
+        ),
+        ("consume + ack, prefetch 100", &limits.consume_prefetch_100),
+    ];
+    for (name, rate) in rows {
+        report.figures.push(Figure::plain(
+            format!("raw RabbitMQ at {c}: {name}"),
+            rate.per_sec,
             "msg/s",
-        ),
-        plain(
-            "raw RabbitMQ: consume + ack, prefetch 1",
-            raw.amqp_consume_prefetch_1.per_sec,
-            "msg/s",
-        ),
-        plain(
-            "raw RabbitMQ: persistent publish, confirm per 100",
-            raw.amqp_publish_confirm_per_100.per_sec,
-            "msg/s",
-        ),
-        plain(
-            "raw RabbitMQ: consume + ack, prefetch 100",
-            raw.amqp_consume_prefetch_100.per_sec,
-            "msg/s",
-        ),
-        plain(
-            "raw SMTP: pooled lettre sends",
-            raw.smtp_send.per_sec,
-            "msg/s",
-        ),
-        versus(
-            "place rate (place-order --count)",
-            pipeline.place.per_sec,
-            "orders/s",
-            "raw Postgres",
-            pg,
-            Some(PLACE_TARGET),
-        ),
-        versus(
-            "end-to-end drain (queue → worker → SMTP 250)",
-            pipeline.drain.per_sec,
-            "orders/s",
-            "raw Postgres",
-            pg,
-            Some(DRAIN_TARGET),
-        ),
-        versus(
+        ));
+    }
+    report.amqp = Some(limits);
+    Ok(())
+}
+
+/// At each concurrency C: pgbench and smtp-source with C clients, then
+/// `place-order --count N --concurrency C` and `ordctl worker --concurrency
+/// C` draining what was placed.
+fn curve_section(
+    bench: &Bench<'_>,
+    email: &lettre::Message,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let n = bench.options.orders;
+    let pipeline = bench.pipeline();
+    for &c in &bench.options.concurrencies {
+        tracing::info!("raw PostgreSQL: pgbench, {n} order+outbox transactions, {c} clients");
+        let raw_postgres =
+            raw::pgbench(&bench.settings.database_url, &bench.user_ids, n, c).context("pgbench")?;
+        let mut conn = db::connect(&bench.settings.database_url)?;
+        // The raw rows must not reach the pipeline's relay.
+        diesel::sql_query("TRUNCATE outbox, orders CASCADE").execute(&mut conn)?;
+        tracing::info!("raw SMTP: smtp-source, {n} messages, {c} sessions");
+        let raw_smtp = raw::smtp_source(bench.smtp, email, n, c).context("smtp-source")?;
+        bench.interrupted()?;
+        tracing::info!("pipeline: placing {n} orders, concurrency {c}");
+        let place = pipeline.place(n, c).context("placing orders")?;
+        bench.interrupted()?;
+        tracing::info!("pipeline: draining {n} orders through `ordctl worker --concurrency {c}`");
+        let (rate, run) = pipeline.drain(n, Some(c)).context("draining")?;
+        let drain = Drain::new(Some(c), rate, &run);
+        report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(drain.peak_rss_mib);
+        bench.interrupted()?;
+
+        let figures = &mut report.figures;
+        figures.push(Figure::plain(
+            format!("raw PostgreSQL at {c} (pgbench)"),
+            raw_postgres.per_sec,
+            "tx/s",
+        ));
+        if let Some(smtp) = &raw_smtp {
+            figures.push(Figure::plain(
+                format!("raw SMTP at {c} (smtp-source)"),
+                smtp.per_sec,
+                "msg/s",
+            ));
+        }
+        figures.push(
+            Figure::plain(format!("place rate at {c}"), place.per_sec, "orders/s").versus(
+                &format!("pgbench at {c}"),
+                raw_postgres.per_sec,
+                Some(PLACE_TARGET),
+            ),
+        );
+        let drained = Figure::plain(format!("drain at {c}"), drain.rate.per_sec, "emails/s");
+        figures.push(match &raw_smtp {
+            Some(smtp) => drained.versus(
+                &format!("smtp-source at {c}"),
+                smtp.per_sec,
+                Some(DRAIN_VS_SMTP_TARGET),
+            ),
+            None => drained,
+        });
+        report.curve.push(Point {
+            concurrency: c,
+            raw_postgres,
+            raw_smtp,
+            place,
+            drain,
+        });
+    }
+    Ok(())
+}
+
+/// A new user's `ordctl worker` (no flags) draining N placed orders.
+fn default_worker_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()> {
+    let n = bench.options.orders;
+    let pipeline = bench.pipeline();
+    let c = bench
+        .options
+        .concurrencies
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1);
+    pipeline.place(n, c).context("placing orders")?;
+    tracing::info!("pipeline: draining {n} orders through `ordctl worker` (defaults)");
+    let (rate, run) = pipeline.drain(n, None).context("draining")?;
+    let drain = Drain::new(None, rate, &run);
+    report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(drain.peak_rss_mib);
+    report.figures.push(
+        Figure::plain(
+            "drain, `ordctl worker` with defaults",
+            drain.rate.per_sec,
+            "emails/s",
+        )
+        .at_least(DEFAULT_DRAIN_TARGET),
+    );
+    report.default_worker = Some(drain);
+    bench.interrupted()
+}
+
+/// The default worker running while orders are placed on an open-loop
+/// schedule at half what it sustains; latencies from the database.
+fn latency_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()> {
+    let sustained = report
+        .default_worker
+        .as_ref()
+        .map_or(0.0, |drain| drain.rate.per_sec)
+        .min(
+            report
+                .curve
+                .iter()
+                .map(|point| point.place.per_sec)
+                .fold(0.0, f64::max),
+        );
+    let rate = bench
+        .options
+        .latency_rate
+        .unwrap_or(sustained / 2.0)
+        .max(1.0);
+    let secs = bench.options.latency_secs;
+    tracing::info!(
+        "pipeline: latency at {rate:.0} orders/s for {secs}s with `ordctl worker` running"
+    );
+    let (latency, run) = bench
+        .pipeline()
+        .latency(&bench.user_ids, rate, secs)
+        .context("measuring latency")?;
+    report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(mib(run.peak_rss_kib));
+    let figures = &mut report.figures;
+    figures.push(
+        Figure::plain(
             "offered load for latency (achieved)",
             latency.achieved_per_sec,
             "orders/s",
-            "max sustained (min of place, drain)",
-            pipeline.place.per_sec.min(pipeline.drain.per_sec),
-            None,
-        ),
-        ms("commit → SMTP 250, p50", latency.commit_to_smtp_250_ms.p50),
-        ms("commit → SMTP 250, p95", latency.commit_to_smtp_250_ms.p95),
-        at_most(
-            "commit → SMTP 250, p99",
-            latency.commit_to_smtp_250_ms.p99,
-            "ms",
-            P99_TARGET_MS,
-        ),
-        ms(
-            "commit → notifications.sent_at, p99",
-            latency.commit_to_sent_at_ms.p99,
-        ),
-        ms(
-            "relay lag (published_at − created_at), p50",
-            latency.relay_lag_ms.p50,
-        ),
-        ms(
-            "relay lag (published_at − created_at), p99",
-            latency.relay_lag_ms.p99,
-        ),
-        at_most(
-            "worker peak RSS (VmHWM)",
-            worker.peak_rss_mib,
-            "MiB",
-            RSS_TARGET_MIB,
-        ),
-    ]
+        )
+        .versus("sustained", sustained, None),
+    );
+    let to_250 = &latency.commit_to_smtp_250_ms;
+    figures.push(Figure::plain("commit → SMTP 250, p50", to_250.p50, "ms").at_most(P50_TARGET_MS));
+    figures.push(Figure::plain("commit → SMTP 250, p95", to_250.p95, "ms"));
+    figures.push(Figure::plain("commit → SMTP 250, p99", to_250.p99, "ms").at_most(P99_TARGET_MS));
+    figures.push(Figure::plain(
+        "relay lag (published_at − created_at), p50",
+        latency.relay_lag_ms.p50,
+        "ms",
+    ));
+    figures.push(Figure::plain(
+        "relay lag (published_at − created_at), p99",
+        latency.relay_lag_ms.p99,
+        "ms",
+    ));
+    report.latency = Some(latency);
+    Ok(())
 }
 
-/// The confirmation email the pipeline would send, for the raw SMTP phase.
-fn sample_email(settings: &Settings, user: &User) -> anyhow::Result<lettre::Message> {
-    let event = raw::sample_event(1, user.id);
-    crate::mail::confirmation(&event, user, &settings.mail_from)
-        .map_err(|error| anyhow::anyhow!("building the sample email: {error}"))
-}
-
-/// The SMTP URL of `smtp` with its credentials, to hand to the worker.
-pub fn smtp_url(smtp: &SmtpSettings) -> anyhow::Result<Url> {
-    let scheme = match smtp.tls {
-        SmtpTls::Implicit => "smtps",
-        SmtpTls::None | SmtpTls::StartTls => "smtp",
-    };
-    let host = if smtp.host.contains(':') && !smtp.host.starts_with('[') {
-        format!("[{}]", smtp.host)
-    } else {
-        smtp.host.clone()
-    };
-    let mut url = Url::parse(&format!("{scheme}://{host}:{}", smtp.port))
-        .with_context(|| format!("rebuilding the SMTP URL {smtp}"))?;
-    if let Some((user, password)) = &smtp.credentials {
-        let _ = url.set_username(user);
-        let _ = url.set_password(Some(password));
-    }
-    if smtp.tls == SmtpTls::StartTls {
-        url.set_query(Some("tls=starttls"));
-    }
-    Ok(url)
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 /// What the benchmark creates, removed at the end even after a failure.
@@ -491,37 +585,5 @@ impl Scratch<'_> {
             redis.del::<_, ()>(chunk)?;
         }
         Ok(())
-    }
-}
-
-/// The most threads the latency phase places orders from.
-const LATENCY_PLACERS: u16 = 64;
-
-/// Threads enough to keep an open-loop schedule of `rate` orders/s when a
-/// single `place-order` (commit, publish, confirm) takes up to 50 ms: at
-/// least the benchmark's concurrency, at most [`LATENCY_PLACERS`].
-fn latency_placers(rate: f64, concurrency: u16) -> u16 {
-    ((rate * 0.05).ceil().min(f64::from(LATENCY_PLACERS)) as u16).max(concurrency)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_smtp_url_handed_to_the_worker_keeps_credentials_and_tls() {
-        for raw in [
-            "smtp://127.0.0.1:2525",
-            "smtp://me:p%40ss@mail.example.com:587?tls=starttls",
-            "smtps://mail.example.com:465",
-        ] {
-            let parsed = SmtpSettings::parse(raw).unwrap();
-            let rebuilt = SmtpSettings::parse(smtp_url(&parsed).unwrap().as_str()).unwrap();
-            assert_eq!(
-                (rebuilt.host, rebuilt.port, rebuilt.tls, rebuilt.credentials),
-                (parsed.host, parsed.port, parsed.tls, parsed.credentials),
-                "{raw}"
-            );
-        }
     }
 }

@@ -1,10 +1,13 @@
 //! The raw limits of this machine's services, measured WITHOUT ordctl's
-//! code path: the order+outbox transaction as plain SQL, RabbitMQ publishes
-//! and consumes through amiquip directly, SMTP sends through lettre directly.
-//! Each runs at the same concurrency as the pipeline figure it bounds.
+//! code path: the order+outbox transaction through `pgbench`, SMTP through
+//! Postfix's `smtp-source`, RabbitMQ publishes and consumes through amiquip
+//! directly. Each runs at the same concurrency as the pipeline figure it
+//! bounds.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::io::Write;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use amiquip::{
@@ -12,65 +15,23 @@ use amiquip::{
 };
 use anyhow::{bail, Context};
 use crossbeam_channel::RecvTimeoutError;
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
-use lettre::{Message, Transport};
+use ordctl::config::{Settings, SmtpSettings, SmtpTls};
+use ordctl::db::models::User;
+use ordctl::domain::{Currency, Money, OrderCreated, OrderSnapshot};
+use ordctl::fanout::{fan_out, Timing};
+use ordctl::messaging;
 use url::Url;
 
-use super::measure::{Rate, Stopwatch};
-use crate::config::SmtpSettings;
-use crate::db;
-use crate::domain::{Currency, Money, OrderCreated, OrderSnapshot, ORDER_CREATED};
-use crate::mail;
-use crate::messaging;
+use super::measure::{CpuSample, Rate};
 
 /// How long a raw phase may go without progress before it is abandoned.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Postfix's SMTP load generator, from the same package as `smtp-sink`.
+const SMTP_SOURCE: &str = "/usr/sbin/smtp-source";
 
-/// Runs `work` on `threads` threads, each with its own state from `setup`,
-/// and times only the work: the clock starts once every thread is set up.
-/// `work` returns false when there is nothing left to do.
-fn timed<S>(
-    threads: u16,
-    count: u64,
-    setup: &(dyn Fn() -> anyhow::Result<S> + Sync),
-    work: &(dyn Fn(&mut S) -> anyhow::Result<bool> + Sync),
-) -> anyhow::Result<Rate> {
-    let threads = usize::from(threads.max(1));
-    let ready = Barrier::new(threads + 1);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    let fail = |error: anyhow::Error| {
-        failed.store(true, Ordering::SeqCst);
-        first_error.lock().unwrap().get_or_insert(error);
-    };
-    let stopwatch = std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                let state = setup();
-                ready.wait();
-                let mut state = match state {
-                    Ok(state) => state,
-                    Err(error) => return fail(error),
-                };
-                while !failed.load(Ordering::SeqCst) {
-                    match work(&mut state) {
-                        Ok(true) => {}
-                        Ok(false) => break,
-                        Err(error) => return fail(error),
-                    }
-                }
-            });
-        }
-        ready.wait();
-        // The scope joins every thread before it returns the stopwatch.
-        Stopwatch::start()
-    });
-    let rate = stopwatch.rate(count);
-    match first_error.into_inner().unwrap() {
-        Some(error) => Err(error),
-        None => Ok(rate),
-    }
+/// A rate from a fan-out's timing, with the CPU use since `cpu`.
+fn rate(count: u64, timing: Timing, cpu: &CpuSample) -> Rate {
+    Rate::new(count, timing.elapsed, cpu)
 }
 
 /// A JSON payload of the same shape and size as a real `order.created`.
@@ -87,43 +48,122 @@ pub fn sample_event(order_id: i64, user_id: i64) -> OrderCreated {
     )
 }
 
+/// The confirmation email the pipeline would send, for the raw SMTP phase.
+pub fn sample_email(settings: &Settings, user: &User) -> anyhow::Result<lettre::Message> {
+    let event = sample_event(1, user.id);
+    ordctl::mail::confirmation(&event, user, &settings.mail_from)
+        .map_err(|error| anyhow::anyhow!("building the sample email: {error}"))
+}
+
 /// `count` order+outbox transactions (BEGIN, INSERT orders RETURNING id,
-/// INSERT outbox, COMMIT) over `concurrency` plain connections.
-pub fn postgres(url: &Url, user_ids: &[i64], count: u64, concurrency: u16) -> anyhow::Result<Rate> {
-    #[derive(QueryableByName)]
-    struct Inserted {
-        #[diesel(sql_type = BigInt)]
-        id: i64,
+/// INSERT outbox, COMMIT) by `pgbench` with `clients` connections and
+/// prepared statements, over the users `user_ids` (which must be one
+/// contiguous range, as `seed` makes them). pgbench's own clock, without
+/// connection set-up.
+pub fn pgbench(url: &Url, user_ids: &[i64], count: u64, clients: u16) -> anyhow::Result<Rate> {
+    let (Some(min), Some(max)) = (user_ids.iter().min(), user_ids.iter().max()) else {
+        bail!("the benchmark database has no users");
+    };
+    anyhow::ensure!(
+        (max - min + 1) as usize == user_ids.len(),
+        "pgbench needs the users' ids to be one contiguous range"
+    );
+    let payload = serde_json::to_string(&sample_event(1, *min))?.replace('\'', "''");
+    let script = format!(
+        "\\set uid random({min}, {max})\n\
+         BEGIN;\n\
+         INSERT INTO orders (user_id, amount_minor, currency) VALUES (:uid, 4200, 'USD') \
+         RETURNING id AS order_id \\gset\n\
+         INSERT INTO outbox (event_id, order_id, routing_key, payload) \
+         VALUES (gen_random_uuid(), :order_id, 'order.created', '{payload}'::jsonb);\n\
+         COMMIT;\n"
+    );
+    let mut file = tempfile::NamedTempFile::new()?;
+    file.write_all(script.as_bytes())?;
+    let clients = u64::from(clients.max(1));
+    let per_client = count.div_ceil(clients);
+    let cpu = CpuSample::now();
+    let output = Command::new("pgbench")
+        .args(["--no-vacuum", "--protocol=prepared"])
+        .arg(format!("--client={clients}"))
+        // pgbench threads: more than the cores only adds switching.
+        .arg(format!("--jobs={}", clients.min(available_cores())))
+        .arg(format!("--transactions={per_client}"))
+        .arg("--file")
+        .arg(file.path())
+        .arg(url.as_str())
+        .output()
+        .context("running pgbench (Debian package postgresql-client)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "pgbench failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let tps: f64 = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|tps| tps.parse().ok())
+        .with_context(|| format!("no tps line in pgbench's output:\n{stdout}"))?;
+    let done = per_client * clients;
+    let mut rate = Rate::new(done, Duration::from_secs_f64(done as f64 / tps), &cpu);
+    rate.per_sec = tps;
+    Ok(rate)
+}
+
+/// `count` copies of `email` sent by `smtp-source` over `sessions`
+/// connections, each reused for its messages (`-d`), timed from start to
+/// exit. `None` when the server needs TLS or AUTH, which smtp-source does
+/// not speak.
+pub fn smtp_source(
+    smtp: &SmtpSettings,
+    email: &lettre::Message,
+    count: u64,
+    sessions: u16,
+) -> anyhow::Result<Option<Rate>> {
+    if smtp.tls != SmtpTls::None || smtp.credentials.is_some() {
+        tracing::warn!("smtp-source speaks neither TLS nor AUTH: no raw SMTP figure for {smtp}");
+        return Ok(None);
     }
-    let next = AtomicU64::new(0);
-    timed(concurrency, count, &|| db::connect(url), &|conn| {
-        let n = next.fetch_add(1, Ordering::Relaxed);
-        if n >= count {
-            return Ok(false);
-        }
-        let user_id = user_ids[(n % user_ids.len() as u64) as usize];
-        conn.transaction::<_, diesel::result::Error, _>(|conn| {
-            let order: Inserted = diesel::sql_query(
-                "INSERT INTO orders (user_id, amount_minor, currency) VALUES ($1, 4200, 'USD') \
-                 RETURNING id",
-            )
-            .bind::<BigInt, _>(user_id)
-            .get_result(conn)?;
-            let event = sample_event(order.id, user_id);
-            let payload = serde_json::to_string(&event).expect("an event serializes");
-            diesel::sql_query(
-                "INSERT INTO outbox (event_id, order_id, routing_key, payload) \
-                 VALUES ($1, $2, $3, $4::jsonb)",
-            )
-            .bind::<SqlUuid, _>(event.event_id)
-            .bind::<BigInt, _>(order.id)
-            .bind::<Text, _>(ORDER_CREATED)
-            .bind::<Text, _>(payload)
-            .execute(conn)?;
-            Ok(())
-        })?;
-        Ok(true)
-    })
+    let mut file = tempfile::NamedTempFile::new()?;
+    // smtp-source adds the CRLFs and dot-stuffing itself.
+    let formatted = String::from_utf8_lossy(&email.formatted()).replace("\r\n", "\n");
+    file.write_all(formatted.as_bytes())?;
+    let envelope = email.envelope();
+    let from = envelope
+        .from()
+        .map_or_else(String::new, |from| from.to_string());
+    let to = envelope
+        .to()
+        .first()
+        .map_or_else(String::new, |to| to.to_string());
+    let cpu = CpuSample::now();
+    let started = Instant::now();
+    let output = Command::new(SMTP_SOURCE)
+        .args(["-d", "-f", &from, "-t", &to])
+        .arg("-m")
+        .arg(count.to_string())
+        .arg("-s")
+        .arg(sessions.max(1).to_string())
+        .arg("-F")
+        .arg(file.path())
+        .arg(format!("{}:{}", smtp.host, smtp.port))
+        .output()
+        .with_context(|| format!("running {SMTP_SOURCE} (Debian package postfix)"))?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(
+        output.status.success() && output.stderr.is_empty(),
+        "smtp-source failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(Some(Rate::new(count, elapsed, &cpu)))
+}
+
+fn available_cores() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
 }
 
 /// Declares the bench-only queue (durable, on the default exchange).
@@ -156,7 +196,6 @@ pub fn amqp_publish(
     let properties = AmqpProperties::default()
         .with_content_type("application/json".to_string())
         .with_delivery_mode(2);
-    let next = AtomicU64::new(0);
     let setup = || -> anyhow::Result<_> {
         let mut connection = messaging::connect(url)?;
         let channel = connection.open_channel(None)?;
@@ -164,38 +203,37 @@ pub fn amqp_publish(
         channel.enable_publisher_confirms()?;
         Ok((connection, channel, confirms, ConfirmSmoother::new()))
     };
-    let rate = timed(concurrency, count, &setup, &|(
-        _,
-        channel,
-        confirms,
-        smoother,
-    )| {
-        let first = next.fetch_add(window, Ordering::Relaxed);
-        if first >= count {
-            return Ok(false);
-        }
-        let batch = window.min(count - first);
-        for _ in 0..batch {
-            channel.basic_publish(
-                "",
-                Publish::with_properties(&body, queue, properties.clone()),
-            )?;
-        }
-        let mut confirmed = 0;
-        while confirmed < batch {
-            let raw = confirms
-                .recv_timeout(STALL_TIMEOUT)
-                .context("waiting for a publisher confirm")?;
-            for confirm in smoother.process(raw) {
-                if matches!(confirm, amiquip::Confirm::Nack(_)) {
-                    bail!("RabbitMQ nacked a publish");
+    let cpu = CpuSample::now();
+    let timing = fan_out(
+        concurrency,
+        count,
+        &setup,
+        &|(_, channel, confirms, smoother), items| {
+            while let Some(batch) = items.take_up_to(window) {
+                let batch = batch.end - batch.start;
+                for _ in 0..batch {
+                    channel.basic_publish(
+                        "",
+                        Publish::with_properties(&body, queue, properties.clone()),
+                    )?;
                 }
-                confirmed += 1;
+                let mut confirmed = 0;
+                while confirmed < batch {
+                    let raw = confirms
+                        .recv_timeout(STALL_TIMEOUT)
+                        .context("waiting for a publisher confirm")?;
+                    for confirm in smoother.process(raw) {
+                        if matches!(confirm, amiquip::Confirm::Nack(_)) {
+                            bail!("RabbitMQ nacked a publish");
+                        }
+                        confirmed += 1;
+                    }
+                }
             }
-        }
-        Ok(true)
-    })?;
-    Ok(rate)
+            Ok(())
+        },
+    )?;
+    Ok(rate(count, timing, &cpu))
 }
 
 /// Consumes and acks `count` messages from `queue` on `concurrency`
@@ -215,7 +253,8 @@ pub fn amqp_consume(
             .collect::<Result<Vec<_>, _>>()?,
     );
     let consumed = AtomicU64::new(0);
-    let rate = timed(
+    let cpu = CpuSample::now();
+    let timing = fan_out(
         concurrency,
         count,
         &|| {
@@ -227,7 +266,7 @@ pub fn amqp_consume(
             channel.qos(0, prefetch, false)?;
             Ok(channel)
         },
-        &|channel| {
+        &|channel, _| {
             let consumer = channel.basic_consume(queue, ConsumerOptions::default())?;
             let mut last_progress = Instant::now();
             while consumed.load(Ordering::SeqCst) < count {
@@ -253,33 +292,9 @@ pub fn amqp_consume(
             while let Ok(ConsumerMessage::Delivery(_)) =
                 consumer.receiver().recv_timeout(Duration::from_secs(5))
             {}
-            Ok(false)
+            Ok(())
         },
     );
     let _ = connection.close();
-    rate
-}
-
-/// Sends `email` `count` times from `concurrency` threads over one pooled
-/// transport (a connection per thread, reused).
-pub fn smtp(
-    smtp: &SmtpSettings,
-    email: &Message,
-    count: u64,
-    concurrency: u16,
-) -> anyhow::Result<Rate> {
-    let transport = mail::smtp_transport(smtp, u32::from(concurrency))?;
-    transport
-        .test_connection()
-        .with_context(|| format!("connecting to the SMTP server at {smtp}"))?;
-    let next = AtomicU64::new(0);
-    timed(concurrency, count, &|| Ok(()), &|_| {
-        if next.fetch_add(1, Ordering::Relaxed) >= count {
-            return Ok(false);
-        }
-        transport
-            .send(email)
-            .with_context(|| format!("sending to {smtp}"))?;
-        Ok(true)
-    })
+    Ok(rate(count, timing?, &cpu))
 }

@@ -1,37 +1,37 @@
 //! `ordctl bench`
 
+use crate::bench::{self, Options, Report};
 use anyhow::Context;
-use ordctl::bench::{self, Options, Report};
 use ordctl::error::InvalidInput;
 use ordctl::shutdown::Shutdown;
 
 use super::Ctx;
 use crate::output;
 
-/// Measure this machine's raw limits (Postgres, RabbitMQ, SMTP without
-/// ordctl) and the pipeline's place rate, drain rate, latency and worker
-/// memory, each as a ratio of the raw limit.
+/// Measure this machine's raw limits (pgbench, Postfix's smtp-source,
+/// RabbitMQ through amiquip) and the pipeline's place rate, drain rate,
+/// latency and worker memory, each next to the raw limit at the same
+/// concurrency.
 ///
-/// Needs a real SMTP server (--smtp-url / SMTP_URL). Works in its own
-/// throw-away database and namespace, removed at the end. Build with
-/// --release for real figures. Example: `scripts/bench.sh` or
-/// `SMTP_URL=smtp://127.0.0.1:2525 ordctl bench --orders 3000 --json`
+/// Needs a real SMTP server (--smtp-url / SMTP_URL), pgbench and
+/// smtp-source. Works in its own throw-away database and namespace, removed
+/// at the end. Build with --release for real figures. Example:
+/// `scripts/bench.sh` or
+/// `SMTP_URL=smtp://127.0.0.1:2525 ordctl bench --concurrency 4,32 --json`
 #[derive(clap::Args)]
 pub struct Args {
     /// Orders placed and drained, and operations per raw phase.
     #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(1..))]
     orders: u64,
 
-    /// Threads placing orders, and connections of each raw phase.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
-    concurrency: u16,
+    /// The concurrencies of the curve, comma-separated: placing threads,
+    /// worker slots, pgbench clients and smtp-source sessions.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,32",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: Vec<u16>,
 
-    /// `ordctl worker --concurrency` for the drain and latency phases.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
-    worker_concurrency: u16,
-
-    /// Orders per second offered in the latency phase (default: half the
-    /// slower of the measured place and drain rates).
+    /// Orders per second offered in the latency phase (default: half what
+    /// the default worker sustains, the slower of placing and draining).
     #[arg(long, value_name = "PER_SEC")]
     latency_rate: Option<f64>,
 
@@ -53,8 +53,7 @@ impl Args {
         }
         let options = Options {
             orders: self.orders,
-            concurrency: self.concurrency,
-            worker_concurrency: self.worker_concurrency,
+            concurrencies: self.concurrency,
             latency_rate: self.latency_rate,
             latency_secs: self.latency_secs,
             worker_exe: std::env::current_exe().context("locating the ordctl binary")?,
@@ -69,17 +68,23 @@ impl Args {
 
 fn print_table(report: &Report) -> anyhow::Result<()> {
     let machine = &report.machine;
+    let concurrencies: Vec<String> = report
+        .parameters
+        .concurrencies
+        .iter()
+        .map(u16::to_string)
+        .collect();
     output::line(format!(
-        "{} · {} cores ({}) · {} GiB · Linux {} · CPU {:.0}% busy before · {} orders, concurrency {}, worker concurrency {}",
+        "{} · {} cores ({}) · {} GiB · Linux {} · CPU {:.0}% busy before, load {} · {} orders per phase, concurrency {}",
         report.started_at.format("%Y-%m-%d %H:%M UTC"),
         machine.cpus,
         machine.cpu_model,
         machine.memory_gib,
         machine.kernel,
         report.cpu_busy_before * 100.0,
+        report.load_average_before,
         report.parameters.orders,
-        report.parameters.concurrency,
-        report.parameters.worker_concurrency,
+        concurrencies.join(","),
     ))?;
     let mut table = output::table(["figure", "value", "vs raw limit", "target", "met"]);
     for figure in &report.figures {
