@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod consumers;
 pub mod db;
 pub mod domain;
 pub mod error;

@@ -88,25 +88,43 @@ pub fn find(
         .optional()
 }
 
-/// Delivery counts by status, e.g. `[("sent", 41), ("dead", 1)]`.
-pub fn count_by_status(conn: &mut PgConnection) -> QueryResult<Vec<(String, i64)>> {
+/// Delivery counts by consumer and status, e.g.
+/// `[("notifications", "sent", 41), ("payments", "dead", 1)]`.
+pub fn count_by_status(conn: &mut PgConnection) -> QueryResult<Vec<(String, String, i64)>> {
     notifications::table
-        .group_by(notifications::status)
-        .select((notifications::status, diesel::dsl::count_star()))
-        .order(notifications::status)
+        .group_by((notifications::consumer, notifications::status))
+        .select((
+            notifications::consumer,
+            notifications::status,
+            diesel::dsl::count_star(),
+        ))
+        .order((notifications::consumer, notifications::status))
         .load(conn)
 }
 
-/// Dead deliveries grouped by their last error, most frequent first.
+/// One consumer's dead deliveries grouped by their last error, most
+/// frequent first.
 pub fn dead_by_error(
     conn: &mut PgConnection,
+    consumer: &str,
     limit: i64,
 ) -> QueryResult<Vec<(Option<String>, i64)>> {
     notifications::table
         .filter(notifications::status.eq(DEAD))
+        .filter(notifications::consumer.eq(consumer))
         .group_by(notifications::last_error)
         .select((notifications::last_error, diesel::dsl::count_star()))
         .order((diesel::dsl::count_star().desc(), notifications::last_error))
         .limit(limit)
+        .load(conn)
+}
+
+/// Every delivery-log row of an order, all consumers and events, oldest
+/// first.
+pub fn for_order(conn: &mut PgConnection, order_id: i64) -> QueryResult<Vec<Notification>> {
+    notifications::table
+        .filter(notifications::order_id.eq(order_id))
+        .order(notifications::id)
+        .select(Notification::as_select())
         .load(conn)
 }

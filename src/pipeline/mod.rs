@@ -1,6 +1,5 @@
 //! The use cases, one module each; the binary's subcommands call these.
 
-pub mod notify;
 pub mod orders;
 pub mod place_order;
 pub mod relay;
@@ -13,9 +12,9 @@ pub mod worker;
 use crate::config::Settings;
 use crate::messaging::topology::Topology;
 
-/// The namespace's topology with every consumer the pipeline has.
+/// The namespace's topology with every registered consumer.
 pub fn topology(settings: &Settings) -> Topology {
-    let mut topology = Topology::new(settings.namespace.clone(), vec![notify::SPEC]);
+    let mut topology = Topology::new(settings.namespace.clone(), crate::consumers::specs());
     topology.queue_type = settings.queue_type;
     topology
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::db::delivery_attempts::{self, NewAttempt};
 use crate::db::orders;
-use crate::domain::OrderCreated;
+use crate::domain::events::Event;
 use crate::error::InvalidInput;
 use crate::messaging::consumer::headers;
 use crate::messaging::topology::Topology;
@@ -24,6 +24,8 @@ pub struct ReplayOptions {
     pub limit: Option<u64>,
     /// Only this order's dead letters.
     pub order_id: Option<i64>,
+    /// Only this consumer's dead-letter queue; `None`: every consumer's.
+    pub consumer: Option<String>,
     /// List what would move; move nothing.
     pub dry_run: bool,
 }
@@ -31,6 +33,7 @@ pub struct ReplayOptions {
 /// One dead letter, as listed by `--dry-run` and `--json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct DeadLetter {
+    pub consumer: String,
     pub queue: String,
     pub message_id: Option<String>,
     pub order_id: Option<i64>,
@@ -77,7 +80,13 @@ pub fn replay(
         dry_run: options.dry_run,
         messages: Vec::new(),
     };
-    for consumer in &topology.consumers {
+    let wanted_consumers = topology.consumers.iter().filter(|consumer| {
+        options
+            .consumer
+            .as_deref()
+            .is_none_or(|name| name == consumer.name)
+    });
+    for consumer in wanted_consumers {
         let dlq = topology.dlq(consumer.name);
         let work_queue = topology.queue(consumer.name);
         let (at_start, _) = messaging::queue_counts(&channel, &dlq)?;
@@ -100,7 +109,7 @@ pub fn replay(
                 break;
             };
             progress(looked_at, at_start);
-            let letter = describe(&get, &dlq);
+            let letter = describe(&get, consumer.name, &dlq);
             let wanted = options
                 .order_id
                 .is_none_or(|id| letter.order_id == Some(id));
@@ -131,18 +140,19 @@ pub fn replay(
     Ok(report)
 }
 
-fn describe(get: &Get, queue: &str) -> DeadLetter {
+fn describe(get: &Get, consumer: &str, queue: &str) -> DeadLetter {
     let properties = &get.delivery.properties;
     let found = properties.headers().as_ref();
     let dead_since = header_str(found, headers::LAST_FAILED_AT)
         .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
         .map(|at| at.with_timezone(&Utc));
     DeadLetter {
+        consumer: consumer.to_string(),
         queue: queue.to_string(),
         message_id: properties.message_id().clone(),
-        order_id: OrderCreated::from_json(&get.delivery.body)
+        order_id: Event::from_json(&get.delivery.body)
             .ok()
-            .map(|event| event.order.id),
+            .map(|event| event.order_id().0),
         reason: header_str(found, headers::LAST_ERROR).map(str::to_string),
         failure: header_str(found, headers::FAILURE).map(str::to_string),
         attempts: header_int(found, headers::ATTEMPTS).unwrap_or(0),
@@ -178,19 +188,19 @@ fn replayed_copy(get: &Get, work_queue: &str) -> Outgoing {
 /// Writes the replay into the order's history; the move itself already
 /// happened, so a failure here is only logged.
 fn record_replay(conn: &mut PgConnection, get: &Get, letter: &DeadLetter) {
-    let Ok(event) = OrderCreated::from_json(&get.delivery.body) else {
+    let Ok(event) = Event::from_json(&get.delivery.body) else {
         return;
     };
     let attempt = NewAttempt {
-        event_id: event.event_id,
-        consumer: super::notify::SPEC.name,
-        order_id: event.order.id,
+        event_id: event.event_id(),
+        consumer: &letter.consumer,
+        order_id: event.order_id().0,
         attempt: letter.attempts as i32,
         outcome: delivery_attempts::REPLAYED,
         error: letter.reason.as_deref(),
         smtp_reply: None,
     };
     if let Err(error) = delivery_attempts::record(conn, &attempt) {
-        tracing::warn!(event_id = %event.event_id, order_id = event.order.id, "recording the replay: {error}");
+        tracing::warn!(event_id = %event.event_id(), order_id = event.order_id().0, "recording the replay: {error}");
     }
 }

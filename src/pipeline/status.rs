@@ -31,9 +31,12 @@ const TOP_REASONS: i64 = 10;
 pub struct Status {
     pub queues: Vec<QueueStatus>,
     pub outbox: OutboxStatus,
+    /// Deliveries by status, all consumers together.
     pub deliveries: BTreeMap<String, i64>,
     /// Messages in the dead-letter queues.
     pub dlq: u64,
+    /// The same figures for each consumer.
+    pub consumers: Vec<ConsumerStatus>,
     pub dead_letters: Vec<DeadReason>,
     pub management: ManagementStatus,
 }
@@ -73,8 +76,17 @@ pub struct OutboxStatus {
     pub oldest_pending_secs: Option<f64>,
 }
 
+#[derive(Clone, Debug, Serialize)]
+pub struct ConsumerStatus {
+    pub name: String,
+    pub deliveries: BTreeMap<String, i64>,
+    /// Messages in this consumer's dead-letter queue.
+    pub dlq: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DeadReason {
+    pub consumer: String,
     pub reason: String,
     pub count: i64,
 }
@@ -211,13 +223,7 @@ pub fn collect(
 ) -> anyhow::Result<Status> {
     let mut conn = db::connect(&settings.database_url)?;
     let (pending, oldest) = outbox::pending(&mut conn).context("reading the outbox")?;
-    let deliveries: BTreeMap<String, i64> = notifications::count_by_status(&mut conn)
-        .context("reading the delivery log")?
-        .into_iter()
-        .collect();
-    let top =
-        notifications::dead_by_error(&mut conn, TOP_REASONS).context("reading dead deliveries")?;
-
+    let counts = notifications::count_by_status(&mut conn).context("reading the delivery log")?;
     let mut queues = broker_queues(&settings.amqp_url, topology)?;
     let mut management_error = None;
     for queue in &mut queues {
@@ -236,12 +242,34 @@ pub fn collect(
         }
     }
 
-    let dlq = queues
-        .iter()
-        .filter(|queue| queue.kind == QueueKind::DeadLetter)
-        .map(|queue| queue.ready + queue.unacked.unwrap_or(0))
-        .sum();
-    let dead_logged = deliveries.get(notifications::DEAD).copied().unwrap_or(0);
+    let mut deliveries: BTreeMap<String, i64> = BTreeMap::new();
+    for (_, status, count) in &counts {
+        *deliveries.entry(status.clone()).or_default() += count;
+    }
+    let mut consumers = Vec::with_capacity(topology.consumers.len());
+    let mut dead_letters = Vec::new();
+    for spec in &topology.consumers {
+        let dlq_name = topology.dlq(spec.name);
+        let dlq = queues
+            .iter()
+            .filter(|queue| queue.name == dlq_name)
+            .map(|queue| queue.ready + queue.unacked.unwrap_or(0))
+            .sum();
+        let by_status: BTreeMap<String, i64> = counts
+            .iter()
+            .filter(|(consumer, _, _)| consumer == spec.name)
+            .map(|(_, status, count)| (status.clone(), *count))
+            .collect();
+        let dead_logged = by_status.get(notifications::DEAD).copied().unwrap_or(0);
+        let top = notifications::dead_by_error(&mut conn, spec.name, TOP_REASONS)
+            .context("reading dead deliveries")?;
+        dead_letters.extend(dead_reasons(spec.name, top, dead_logged, dlq));
+        consumers.push(ConsumerStatus {
+            name: spec.name.to_string(),
+            deliveries: by_status,
+            dlq,
+        });
+    }
     Ok(Status {
         queues,
         outbox: OutboxStatus {
@@ -250,8 +278,9 @@ pub fn collect(
                 .map(|at| (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0),
         },
         deliveries,
-        dlq,
-        dead_letters: dead_reasons(top, dead_logged, dlq),
+        dlq: consumers.iter().map(|consumer| consumer.dlq).sum(),
+        consumers,
+        dead_letters,
         management: ManagementStatus {
             url: redact(management.url()),
             error: management_error,
@@ -292,29 +321,37 @@ fn broker_queues(url: &Url, topology: &Topology) -> anyhow::Result<Vec<QueueStat
     Ok(queues)
 }
 
-/// The delivery log's dead rows by last error, plus what the DLQs hold
-/// beyond them: a message that is not a valid event has no row.
-fn dead_reasons(top: Vec<(Option<String>, i64)>, dead_logged: i64, dlq: u64) -> Vec<DeadReason> {
+/// A consumer's dead rows in the delivery log by last error, plus what its
+/// DLQ holds beyond them: a message that is not a valid event has no row.
+fn dead_reasons(
+    consumer: &str,
+    top: Vec<(Option<String>, i64)>,
+    dead_logged: i64,
+    dlq: u64,
+) -> Vec<DeadReason> {
     let listed: i64 = top.iter().map(|(_, count)| count).sum();
+    let reason = |reason: String, count: i64| DeadReason {
+        consumer: consumer.to_string(),
+        reason,
+        count,
+    };
     let mut reasons: Vec<DeadReason> = top
         .into_iter()
         .map(|(error, count)| DeadReason {
+            consumer: consumer.to_string(),
             reason: error.unwrap_or_else(|| "(no error recorded)".into()),
             count,
         })
         .collect();
     if dead_logged > listed {
-        reasons.push(DeadReason {
-            reason: "(other reasons)".into(),
-            count: dead_logged - listed,
-        });
+        reasons.push(reason("(other reasons)".into(), dead_logged - listed));
     }
     let unlogged = i64::try_from(dlq).unwrap_or(i64::MAX) - dead_logged;
     if unlogged > 0 {
-        reasons.push(DeadReason {
-            reason: "(not in the delivery log: not a valid order event)".into(),
-            count: unlogged,
-        });
+        reasons.push(reason(
+            "(not in the delivery log: not a valid event)".into(),
+            unlogged,
+        ));
     }
     reasons
 }
@@ -366,7 +403,9 @@ mod tests {
 
     #[test]
     fn dead_reasons_add_the_rest_and_the_unlogged() {
-        let reasons = dead_reasons(vec![(Some("unknown user 9".into()), 3), (None, 1)], 6, 8);
+        let top = vec![(Some("unknown user 9".into()), 3), (None, 1)];
+        let reasons = dead_reasons("payments", top, 6, 8);
+        assert!(reasons.iter().all(|reason| reason.consumer == "payments"));
         let counts: Vec<_> = reasons
             .iter()
             .map(|reason| (reason.reason.as_str(), reason.count))
@@ -377,9 +416,9 @@ mod tests {
                 ("unknown user 9", 3),
                 ("(no error recorded)", 1),
                 ("(other reasons)", 2),
-                ("(not in the delivery log: not a valid order event)", 2),
+                ("(not in the delivery log: not a valid event)", 2),
             ]
         );
-        assert!(dead_reasons(vec![], 0, 0).is_empty());
+        assert!(dead_reasons("payments", vec![], 0, 0).is_empty());
     }
 }

@@ -20,8 +20,10 @@ pub struct Trace {
     /// The order's event (its message id on the broker).
     pub event_id: Option<Uuid>,
     pub timeline: Vec<Step>,
-    /// The latest delivery state, as the delivery log holds it.
+    /// The confirmation's latest delivery state, as the delivery log holds it.
     pub notification: Option<Notification>,
+    /// Every consumer's delivery-log row for the order's events.
+    pub deliveries: Vec<Notification>,
     pub state: State,
 }
 
@@ -41,6 +43,12 @@ pub struct TracedOrder {
 pub struct Step {
     pub at: DateTime<Utc>,
     pub step: StepKind,
+    /// The event's routing key, for `published`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// Which consumer made the attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,21 +139,27 @@ pub fn trace(conn: &mut PgConnection, order_id: i64) -> anyhow::Result<Trace> {
         .ok_or_else(|| InvalidInput::new(format!("order {order_id} not found")))?;
     let events = outbox::for_order(conn, order_id).context("reading the outbox")?;
     let attempts = delivery_attempts::for_order(conn, order_id).context("reading attempts")?;
-    let event_id = events.first().map(|event| event.event_id);
-    let notification = match event_id {
-        Some(event_id) => notifications::find(conn, event_id, super::notify::SPEC.name)
-            .context("reading the delivery log")?,
-        None => None,
-    };
-    build(order, &events, attempts, notification)
+    let deliveries =
+        notifications::for_order(conn, order_id).context("reading the delivery log")?;
+    build(order, &events, attempts, deliveries)
 }
 
 fn build(
     order: Order,
     events: &[OutboxRow],
     attempts: Vec<Attempt>,
-    notification: Option<Notification>,
+    deliveries: Vec<Notification>,
 ) -> anyhow::Result<Trace> {
+    // The state follows the confirmation: the order's first event, as the
+    // notifications consumer handles it.
+    let confirmation = events.first().map(|event| event.event_id);
+    let notification = deliveries
+        .iter()
+        .find(|row| {
+            Some(row.event_id) == confirmation
+                && row.consumer == crate::consumers::notifications::SPEC.name
+        })
+        .cloned();
     let amount = Money::from_minor_units(order.amount_minor)
         .with_context(|| format!("order {} has an invalid amount", order.id))?;
     let mut timeline = vec![Step::new(order.created_at, StepKind::Committed)];
@@ -153,12 +167,19 @@ fn build(
         if let Some(published_at) = event.published_at {
             timeline.push(Step {
                 event_id: Some(event.event_id),
+                event: Some(event.routing_key.clone()),
                 lag_secs: Some(seconds(published_at - event.created_at)),
                 ..Step::new(published_at, StepKind::Published)
             });
         }
     }
-    let last_outcome = attempts.last().map(|attempt| attempt.outcome.clone());
+    let last_outcome = attempts
+        .iter()
+        .rfind(|attempt| {
+            Some(attempt.event_id) == confirmation
+                && attempt.consumer == crate::consumers::notifications::SPEC.name
+        })
+        .map(|attempt| attempt.outcome.clone());
     for attempt in attempts {
         // An outcome this version does not know is skipped rather than
         // hiding the rest of the trace.
@@ -166,6 +187,7 @@ fn build(
             continue;
         };
         timeline.push(Step {
+            consumer: Some(attempt.consumer),
             attempt: Some(attempt.attempt),
             smtp_reply: attempt.smtp_reply,
             error: attempt.error,
@@ -185,6 +207,7 @@ fn build(
         event_id: events.first().map(|event| event.event_id),
         timeline,
         notification,
+        deliveries,
         state,
     })
 }
@@ -217,6 +240,8 @@ impl Step {
         Self {
             at,
             step,
+            event: None,
+            consumer: None,
             attempt: None,
             event_id: None,
             lag_secs: None,
@@ -228,6 +253,12 @@ impl Step {
     /// What a person reads in the detail column.
     pub fn detail(&self) -> String {
         let mut parts = Vec::new();
+        if let Some(consumer) = &self.consumer {
+            parts.push(consumer.clone());
+        }
+        if let Some(event) = &self.event {
+            parts.push(event.clone());
+        }
         if let Some(event_id) = self.event_id {
             parts.push(format!("event {event_id}"));
         }
@@ -235,7 +266,7 @@ impl Step {
             parts.push(format!("{lag:.3}s after commit"));
         }
         if let Some(reply) = &self.smtp_reply {
-            parts.push(format!("SMTP: {reply}"));
+            parts.push(reply.clone());
         }
         if let Some(error) = &self.error {
             parts.push(error.clone());
@@ -312,7 +343,7 @@ mod tests {
             order(),
             &[event(Some(1))],
             vec![attempt(1, "retrying", 2), attempt(2, "sent", 4)],
-            Some(notification("sent")),
+            vec![notification("sent")],
         )
         .unwrap();
         let steps: Vec<_> = trace.timeline.iter().map(|step| step.step).collect();
@@ -326,7 +357,7 @@ mod tests {
             ]
         );
         assert_eq!(trace.timeline[1].lag_secs, Some(1.0));
-        assert_eq!(trace.timeline[3].detail(), "SMTP: 250 OK");
+        assert_eq!(trace.timeline[3].detail(), "notifications; 250 OK");
         assert_eq!(trace.state, State::Delivered);
         let json = serde_json::to_value(&trace).unwrap();
         assert_eq!(json["order"]["amount"], "42.00");

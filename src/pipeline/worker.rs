@@ -1,13 +1,16 @@
-//! `ordctl worker`: the notification consumer, the outbox relay beside it,
-//! and the idle timer for scripts — all stopped by one shutdown flag.
+//! `ordctl worker`: the selected consumers (every registered one by
+//! default), the outbox relay beside them, and the idle timer for scripts —
+//! all stopped by one shutdown flag.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{notify::Notifier, relay};
+use super::relay;
 use crate::cache::UserCache;
 use crate::config::Settings;
+use crate::consumers::{Consumer, Deps};
 use crate::db;
 use crate::mail::Mailer;
 use crate::messaging;
@@ -17,27 +20,40 @@ use crate::shutdown::Shutdown;
 
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
+    /// Per consumer: each runs this many slots.
     pub consumer: RunOptions,
     pub relay: bool,
     pub exit_when_idle: Option<Duration>,
 }
 
-/// Runs until `shutdown` (a signal) or, with `exit_when_idle`, until
-/// nothing happened for that long. In-flight messages finish and are acked.
+/// Runs `consumers` until `shutdown` (a signal) or, with `exit_when_idle`,
+/// until nothing happened for that long. In-flight messages finish and are
+/// acked.
 pub fn run(
     settings: &Settings,
     topology: &Topology,
+    consumers: &[&Consumer],
     options: &WorkerOptions,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let slots = u32::from(options.consumer.concurrency.max(1));
-    let notifier = Notifier {
+    let slots = u32::from(options.consumer.concurrency.max(1)) * consumers.len().max(1) as u32;
+    let deps = Deps {
         db: db::pool(&settings.database_url, slots + 1)?,
-        cache: UserCache::new(&settings.redis_url, settings.namespace.clone(), slots)?,
-        mailer: Mailer::new(settings.smtp.as_ref(), &settings.mail_dir, slots)
-            .context("setting up the mailer")?,
+        users: Arc::new(UserCache::new(
+            &settings.redis_url,
+            settings.namespace.clone(),
+            slots,
+        )?),
+        mailer: Arc::new(
+            Mailer::new(settings.smtp.as_ref(), &settings.mail_dir, slots)
+                .context("setting up the mailer")?,
+        ),
         from: settings.mail_from.clone(),
     };
+    let handlers: Vec<_> = consumers
+        .iter()
+        .map(|consumer| (consumer.build)(&deps))
+        .collect();
     let activity = &Activity::default();
     std::thread::scope(|scope| {
         if options.relay {
@@ -52,37 +68,59 @@ pub fn run(
             });
         }
         if let Some(idle) = options.exit_when_idle {
-            scope.spawn(move || {
-                while !shutdown.is_triggered() {
-                    if activity.idle_for() >= idle {
-                        // Messages waiting out a retry delay are work to do.
-                        match waiting_for_retry(&settings.amqp_url, topology) {
-                            Ok(0) | Err(_) => {
-                                tracing::info!("idle for {idle:?}; exiting");
-                                shutdown.trigger();
-                            }
-                            Ok(waiting) => {
-                                tracing::info!(waiting, "idle, but messages wait in retry queues");
-                                activity.touch();
-                            }
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            });
+            scope.spawn(move || exit_when_idle(settings, topology, idle, shutdown, activity));
         }
-        consumer::run(
-            &settings.amqp_url,
-            topology,
-            &notifier,
-            &options.consumer,
-            shutdown,
-            activity,
-        );
-        // The relay and idle threads stop with the consumer.
+        let running: Vec<_> = handlers
+            .iter()
+            .map(|handler| {
+                scope.spawn(|| {
+                    consumer::run(
+                        &settings.amqp_url,
+                        topology,
+                        handler.as_ref(),
+                        &options.consumer,
+                        shutdown,
+                        activity,
+                    );
+                    // The other consumers, the relay and the idle timer stop
+                    // with this one.
+                    shutdown.trigger();
+                })
+            })
+            .collect();
+        for consumer in running {
+            let _ = consumer.join();
+        }
         shutdown.trigger();
     });
     Ok(())
+}
+
+/// Triggers `shutdown` once nothing happened for `idle` and no message
+/// waits in a retry queue.
+fn exit_when_idle(
+    settings: &Settings,
+    topology: &Topology,
+    idle: Duration,
+    shutdown: &Shutdown,
+    activity: &Activity,
+) {
+    while !shutdown.is_triggered() {
+        if activity.idle_for() >= idle {
+            // Messages waiting out a retry delay are work to do.
+            match waiting_for_retry(&settings.amqp_url, topology) {
+                Ok(0) | Err(_) => {
+                    tracing::info!("idle for {idle:?}; exiting");
+                    shutdown.trigger();
+                }
+                Ok(waiting) => {
+                    tracing::info!(waiting, "idle, but messages wait in retry queues");
+                    activity.touch();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// How many messages sit in the namespace's retry queues.

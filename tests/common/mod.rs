@@ -129,12 +129,14 @@ impl TestEnv {
 
     /// The notifications work queue, `t_<id>.notifications`.
     pub fn work_queue(&self) -> String {
-        self.topology().queue(ordctl::pipeline::notify::SPEC.name)
+        self.topology()
+            .queue(ordctl::consumers::notifications::SPEC.name)
     }
 
     /// The notifications dead-letter queue, `t_<id>.notifications.dlq`.
     pub fn dlq(&self) -> String {
-        self.topology().dlq(ordctl::pipeline::notify::SPEC.name)
+        self.topology()
+            .dlq(ordctl::consumers::notifications::SPEC.name)
     }
 
     // ---- running ordctl ----

@@ -222,7 +222,9 @@ impl Pipeline<'_> {
 
     /// Waits until the worker consumes from the work queue.
     fn wait_for_consumer(&self, worker: &mut Worker) -> anyhow::Result<()> {
-        let queue = self.topology.queue(ordctl::pipeline::notify::SPEC.name);
+        let queue = self
+            .topology
+            .queue(ordctl::consumers::notifications::SPEC.name);
         let mut connection = messaging::connect(&self.settings.amqp_url)?;
         let channel = connection.open_channel(None)?;
         let deadline = Instant::now() + STALL_TIMEOUT;

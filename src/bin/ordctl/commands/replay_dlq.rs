@@ -1,8 +1,8 @@
 //! `ordctl replay-dlq`
 
 use indicatif::{ProgressBar, ProgressStyle};
-use ordctl::db;
 use ordctl::pipeline::replay::{self, ReplayOptions};
+use ordctl::{consumers, db};
 
 use super::Ctx;
 use crate::output;
@@ -22,6 +22,10 @@ pub struct Args {
     #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
     order: Option<i64>,
 
+    /// Only this consumer's dead letters (default: every consumer's).
+    #[arg(long, value_name = "NAME")]
+    consumer: Option<String>,
+
     /// List what would move (order, reason, attempts, age); move nothing.
     #[arg(long)]
     dry_run: bool,
@@ -32,6 +36,10 @@ impl Args {
         let options = ReplayOptions {
             limit: self.limit,
             order_id: self.order,
+            consumer: self
+                .consumer
+                .map(|name| consumers::find(&name).map(|consumer| consumer.spec.name.to_string()))
+                .transpose()?,
             dry_run: self.dry_run,
         };
         let mut conn = db::connect(&ctx.settings.database_url)?;
@@ -54,9 +62,10 @@ impl Args {
             return output::json(&report);
         }
         if self.dry_run {
-            let mut table = output::table(["order", "reason", "attempts", "age"]);
+            let mut table = output::table(["consumer", "order", "reason", "attempts", "age"]);
             for letter in &report.messages {
                 table.add_row(vec![
+                    letter.consumer.clone(),
                     letter.order_id.map_or("-".into(), |id| id.to_string()),
                     letter.reason.clone().unwrap_or_else(|| "-".into()),
                     letter.attempts.to_string(),

@@ -132,16 +132,26 @@ fn render(status: &Status) -> String {
     if status.deliveries.is_empty() {
         text.push_str("\nno deliveries yet");
     } else {
-        let mut deliveries = output::table(["delivery status", "count"]);
-        for (state, count) in &status.deliveries {
-            deliveries.add_row(vec![state.clone(), count.to_string()]);
+        let mut deliveries = output::table(["consumer", "delivery status", "count"]);
+        for consumer in &status.consumers {
+            for (state, count) in &consumer.deliveries {
+                deliveries.add_row(vec![
+                    consumer.name.clone(),
+                    state.clone(),
+                    count.to_string(),
+                ]);
+            }
         }
         text.push_str(&format!("\n{deliveries}"));
     }
     if !status.dead_letters.is_empty() {
-        let mut reasons = output::table(["dead-letter reason (delivery log)", "count"]);
+        let mut reasons = output::table(["consumer", "dead-letter reason (delivery log)", "count"]);
         for reason in &status.dead_letters {
-            reasons.add_row(vec![reason.reason.clone(), reason.count.to_string()]);
+            reasons.add_row(vec![
+                reason.consumer.clone(),
+                reason.reason.clone(),
+                reason.count.to_string(),
+            ]);
         }
         text.push_str(&format!("\n{reasons}"));
     }

@@ -2,19 +2,26 @@
 
 use std::time::Duration;
 
+use ordctl::consumers;
 use ordctl::messaging::consumer::RunOptions;
 use ordctl::pipeline::worker::{self, WorkerOptions};
 use ordctl::shutdown::Shutdown;
 
 use super::Ctx;
 
-/// Consume order events and send confirmation emails until SIGINT/SIGTERM.
+/// Run the pipeline's consumers until SIGINT/SIGTERM: confirmation, status
+/// and cancellation emails (notifications), payments, staff alerts.
 ///
-/// Also runs the outbox relay unless --no-relay. Example:
-/// `ordctl worker --concurrency 8 --exit-when-idle 3`
+/// Also runs the outbox relay unless --no-relay. Examples:
+/// `ordctl worker --exit-when-idle 3`,
+/// `ordctl worker --consumers notifications,payments --concurrency 8`
 #[derive(clap::Args)]
 pub struct Args {
-    /// Messages handled at once.
+    /// Run only these consumers (comma-separated); default: all of them.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    consumers: Vec<String>,
+
+    /// Messages each consumer handles at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
 
@@ -50,6 +57,13 @@ impl Args {
             relay: !self.no_relay,
             exit_when_idle,
         };
-        worker::run(&ctx.settings, &ctx.topology(), &options, shutdown)
+        let consumers = consumers::select(&self.consumers)?;
+        worker::run(
+            &ctx.settings,
+            &ctx.topology(),
+            &consumers,
+            &options,
+            shutdown,
+        )
     }
 }

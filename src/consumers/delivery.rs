@@ -1,0 +1,151 @@
+//! The idempotent-consumer step every consumer shares: the delivery-log row
+//! for (event, consumer) is created and locked, the consumer's effect runs,
+//! and the row is marked `sent` in the same transaction — so a redelivered,
+//! replayed or concurrently delivered event has its effect once.
+
+use anyhow::anyhow;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::{Connection, PgConnection};
+use uuid::Uuid;
+
+use crate::db::delivery_attempts::{self, NewAttempt};
+use crate::db::models::NewNotification;
+use crate::db::{notifications, PgPool};
+use crate::messaging::consumer::{Disposition, HandleError};
+
+/// Which delivery: one event, as one consumer handles it.
+#[derive(Clone, Copy, Debug)]
+pub struct Delivery<'a> {
+    pub event_id: Uuid,
+    pub consumer: &'a str,
+    pub order_id: i64,
+    /// The email's Message-ID, for consumers that send one.
+    pub message_id: Option<&'a str>,
+    /// 1 for the first attempt, then one more per retry.
+    pub attempt: u32,
+}
+
+/// What one delivery did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The effect happened; `reply` says how (an SMTP reply, a payment).
+    Done { reply: String },
+    /// The event had been handled before: nothing happened again.
+    AlreadyDone,
+}
+
+/// Runs `effect` at most once per (event, consumer). The delivery-log row
+/// stays locked while it runs, so a concurrent duplicate waits and then
+/// does nothing; the effect's database writes commit with the `sent` mark.
+pub fn once(
+    db: &PgPool,
+    delivery: &Delivery<'_>,
+    effect: impl FnOnce(&mut PgConnection) -> Result<String, HandleError>,
+) -> Result<Outcome, HandleError> {
+    let mut conn = db
+        .get()
+        .map_err(|e| HandleError::Transient(anyhow!(e).context("getting a database connection")))?;
+    let row = NewNotification {
+        event_id: delivery.event_id,
+        consumer: delivery.consumer,
+        order_id: delivery.order_id,
+        status: notifications::PENDING,
+        message_id: delivery.message_id,
+    };
+    conn.transaction(|conn| {
+        let logged = notifications::lock_for_delivery(conn, &row).map_err(db_error)?;
+        if logged.status == notifications::SENT {
+            tracing::info!(
+                order_id = delivery.order_id,
+                consumer = delivery.consumer,
+                "already handled; nothing done"
+            );
+            record_attempt(conn, delivery, delivery_attempts::DUPLICATE, None, None)?;
+            return Ok(Outcome::AlreadyDone);
+        }
+        let reply = effect(conn)?;
+        notifications::mark_sent(conn, delivery.event_id, delivery.consumer, &reply)
+            .map_err(db_error)?;
+        record_attempt(conn, delivery, delivery_attempts::SENT, None, Some(&reply))?;
+        Ok(Outcome::Done { reply })
+    })
+}
+
+/// Records a failed attempt (`retrying` or `dead`) after the delivery
+/// transaction rolled back; never downgrades a `sent` row.
+pub fn record_failure(
+    db: &PgPool,
+    delivery: &Delivery<'_>,
+    error: &HandleError,
+    disposition: Disposition,
+) -> anyhow::Result<()> {
+    let (status, outcome) = match disposition {
+        Disposition::Retrying { .. } => (notifications::RETRYING, delivery_attempts::RETRYING),
+        Disposition::DeadLettered => (notifications::DEAD, delivery_attempts::DEAD),
+    };
+    let row = NewNotification {
+        event_id: delivery.event_id,
+        consumer: delivery.consumer,
+        order_id: delivery.order_id,
+        status,
+        message_id: delivery.message_id,
+    };
+    let error = error.to_string();
+    let mut conn = db.get()?;
+    conn.transaction(|conn| {
+        notifications::record_failure(conn, &row, &error)?;
+        delivery_attempts::record(conn, &attempt(delivery, outcome, Some(&error), None))
+    })?;
+    Ok(())
+}
+
+fn record_attempt(
+    conn: &mut PgConnection,
+    delivery: &Delivery<'_>,
+    outcome: &str,
+    error: Option<&str>,
+    reply: Option<&str>,
+) -> Result<(), HandleError> {
+    delivery_attempts::record(conn, &attempt(delivery, outcome, error, reply))
+        .map(drop)
+        .map_err(db_error)
+}
+
+fn attempt<'a>(
+    delivery: &Delivery<'a>,
+    outcome: &'a str,
+    error: Option<&'a str>,
+    reply: Option<&'a str>,
+) -> NewAttempt<'a> {
+    NewAttempt {
+        event_id: delivery.event_id,
+        consumer: delivery.consumer,
+        order_id: delivery.order_id,
+        attempt: delivery.attempt as i32,
+        outcome,
+        error,
+        smtp_reply: reply,
+    }
+}
+
+/// A database error during a delivery. A referenced order that does not
+/// exist is permanent (the event is bogus); anything else may pass.
+pub fn db_error(error: DieselError) -> HandleError {
+    match error {
+        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+            HandleError::Permanent(
+                anyhow!(error).context("the event refers to an order that does not exist"),
+            )
+        }
+        _ => HandleError::Transient(anyhow!(error)),
+    }
+}
+
+/// Starting or committing a delivery's transaction failed: the database may
+/// be back in a moment. Errors inside a delivery are classified explicitly
+/// with [`db_error`].
+impl From<DieselError> for HandleError {
+    fn from(error: DieselError) -> Self {
+        HandleError::Transient(anyhow!(error))
+    }
+}
