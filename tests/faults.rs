@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{free_port, wait_until, Email, Running, SmtpSink, TestEnv};
 
@@ -204,6 +204,64 @@ fn a_rabbitmq_restart_under_load_loses_nothing() {
         env.scalar("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL"),
         0
     );
+}
+
+#[test]
+fn a_memory_alarm_never_hangs_a_command_and_the_order_is_emailed_once_it_clears() {
+    let _serial = one_at_a_time();
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let broker = RabbitNode::start(&env.id);
+    let url = broker.url();
+    let amqp = [("AMQP_URL", url.as_str())];
+    let worker = Running::spawn(env.command_with_env(["worker", "--concurrency", "2"], &amqp));
+    let relay = Running::spawn(env.command_with_env(["relay"], &amqp));
+    // Both up (topology declared) before the alarm: one order goes through.
+    env.ordctl_with_env(["place-order", "--user", "1", "--amount", "2"], &amqp)
+        .assert_code(0);
+    env.wait_for_emails(1);
+
+    assert!(broker.ctl(&["set_vm_memory_high_watermark", "0"]));
+    let started = Instant::now();
+    let placed = env
+        .ordctl_with_env(
+            ["place-order", "--json", "--user", "1", "--amount", "3"],
+            &amqp,
+        )
+        .assert_code(0);
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "place-order took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(placed.json()["published"], false, "{}", placed.stderr);
+    assert!(
+        placed
+            .stderr
+            .contains("broker is blocking publishers (memory alarm)"),
+        "{}",
+        placed.stderr
+    );
+    // The relays meet the block too; a signal still stops them at once.
+    std::thread::sleep(Duration::from_secs(2));
+    relay.terminate();
+    let stopping = Instant::now();
+    relay.wait().assert_code(0);
+    assert!(stopping.elapsed() < Duration::from_secs(10));
+    assert_eq!(env.emails().len(), 1, "an email while the broker blocks");
+
+    assert!(broker.ctl(&["set_vm_memory_high_watermark", "0.4"]));
+    let emails = env.wait_for_emails(2);
+    // Time for a duplicate to show up, if there were one.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(env.emails().len(), 2, "{emails:?}");
+    worker.terminate();
+    let worker = worker.wait().assert_code(0);
+    let said = worker
+        .stderr
+        .matches("broker is blocking publishers (memory alarm)")
+        .count();
+    assert_eq!(said, 1, "{}", worker.stderr);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! publisher confirms, and the consumer runtime.
 
 pub mod consumer;
+pub mod link;
 pub mod publisher;
 pub mod tap;
 pub mod topology;
@@ -15,29 +16,17 @@ use anyhow::{bail, Context};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use url::Url;
 
-use crate::config::redact;
+pub use link::{BrokerBlocked, Link};
 
 /// How long a publish may wait for the broker's confirm before the channel
 /// is considered broken.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Opens a connection; a URL without `connection_timeout` gets 5 s so an
-/// unreachable broker fails fast instead of hanging.
+/// unreachable broker fails fast instead of hanging. Roles that publish use
+/// a [`Link`] instead, which never hangs on close.
 pub fn connect(url: &Url) -> anyhow::Result<Connection> {
-    let mut url = url.clone();
-    if !url
-        .query_pairs()
-        .any(|(key, _)| key == "connection_timeout")
-    {
-        url.query_pairs_mut()
-            .append_pair("connection_timeout", "5000");
-    }
-    let opened = if url.scheme() == "amqps" {
-        Connection::open(url.as_str())
-    } else {
-        Connection::insecure_open(url.as_str())
-    };
-    opened.with_context(|| format!("connecting to RabbitMQ at {}", redact(&url)))
+    Ok(Link::open(url)?.into_connection())
 }
 
 /// A message to publish. Every message the tool publishes is persistent
@@ -109,6 +98,32 @@ impl Confirms {
         exchange: &str,
         messages: &[Outgoing],
     ) -> anyhow::Result<()> {
+        self.publish_on(channel, None, exchange, messages)
+    }
+
+    /// [`Confirms::publish`] that also watches `link` for the broker
+    /// blocking it: a blocked connection fails at once with
+    /// [`BrokerBlocked`] instead of waiting out the confirm timeout.
+    pub fn publish_watching(
+        &mut self,
+        channel: &Channel,
+        link: &mut Link,
+        exchange: &str,
+        messages: &[Outgoing],
+    ) -> anyhow::Result<()> {
+        self.publish_on(channel, Some(link), exchange, messages)
+    }
+
+    fn publish_on(
+        &mut self,
+        channel: &Channel,
+        mut link: Option<&mut Link>,
+        exchange: &str,
+        messages: &[Outgoing],
+    ) -> anyhow::Result<()> {
+        if let Some(link) = link.as_mut() {
+            link.check()?;
+        }
         for message in messages {
             channel
                 .basic_publish(
@@ -123,8 +138,22 @@ impl Confirms {
         }
         let deadline = std::time::Instant::now() + CONFIRM_TIMEOUT;
         let (mut confirmed, mut nacked) = (0, 0);
+        let notifications = link.as_ref().map_or_else(crossbeam_channel::never, |link| {
+            link.notifications().clone()
+        });
         while confirmed < messages.len() {
-            let raw = match self.receiver.recv_deadline(deadline) {
+            let received = crossbeam_channel::select! {
+                recv(self.receiver) -> raw => raw.map_err(|_| RecvTimeoutError::Disconnected),
+                recv(notifications) -> notification => {
+                    if let (Some(link), Ok(notification)) = (link.as_mut(), notification) {
+                        link.record(notification);
+                        link.check()?;
+                    }
+                    continue;
+                }
+                recv(crossbeam_channel::at(deadline)) -> _ => Err(RecvTimeoutError::Timeout),
+            };
+            let raw = match received {
                 Ok(raw) => raw,
                 Err(RecvTimeoutError::Timeout) => {
                     bail!("no publisher confirm from RabbitMQ within {CONFIRM_TIMEOUT:?}")

@@ -1,47 +1,81 @@
 //! A confirmed publisher: its own connection and channel, topology declared
-//! on connect.
+//! on connect. It notices at once when the broker blocks publishers (a
+//! memory or disk alarm), and closing it never hangs.
 
-use amiquip::{Channel, Connection};
+use amiquip::Channel;
 use url::Url;
 
 use super::topology::Topology;
-use super::{connect, Confirms, Outgoing};
+use super::{BrokerBlocked, Confirms, Link, Outgoing};
 
 pub struct Publisher {
     events_exchange: String,
-    // Field order matters: the channel closes before its connection.
-    channel: Channel,
+    channel: Option<Channel>,
     confirms: Confirms,
-    connection: Connection,
+    link: Option<Link>,
 }
 
 impl Publisher {
     pub fn connect(url: &Url, topology: &Topology) -> anyhow::Result<Self> {
-        let mut connection = connect(url)?;
-        let channel = connection.open_channel(None)?;
+        let mut link = Link::open(url)?;
+        let channel = link.open_channel()?;
         topology.declare(&channel)?;
         let confirms = Confirms::enable(&channel)?;
         Ok(Self {
             events_exchange: topology.events_exchange(),
-            channel,
+            channel: Some(channel),
             confirms,
-            connection,
+            link: Some(link),
         })
     }
 
-    /// Publishes and waits for the broker's confirm of every message.
+    /// Publishes and waits for the broker's confirm of every message. A
+    /// broker that blocks publishers fails it at once with [`BrokerBlocked`]
+    /// in the chain.
     pub fn publish(&mut self, exchange: &str, messages: &[Outgoing]) -> anyhow::Result<()> {
-        self.confirms.publish(&self.channel, exchange, messages)
+        let (Some(channel), Some(link)) = (self.channel.as_ref(), self.link.as_mut()) else {
+            anyhow::bail!("publishing on a closed publisher");
+        };
+        self.confirms
+            .publish_watching(channel, link, exchange, messages)
     }
 
     /// Publishes to the namespace's `{ns}.events` exchange.
     pub fn publish_events(&mut self, messages: &[Outgoing]) -> anyhow::Result<()> {
-        self.confirms
-            .publish(&self.channel, &self.events_exchange, messages)
+        let exchange = self.events_exchange.clone();
+        self.publish(&exchange, messages)
     }
 
-    pub fn close(self) {
-        let _ = self.channel.close();
-        let _ = self.connection.close();
+    /// Whether the broker blocks this publisher's connection right now.
+    pub fn blocked(&mut self) -> Option<BrokerBlocked> {
+        self.link().check().err()
+    }
+
+    /// Waits until the broker lifts its block, polling `give_up` (say, a
+    /// shutdown flag) meanwhile; `false` if it gave up first.
+    pub fn wait_unblocked(&mut self, give_up: impl Fn() -> bool) -> bool {
+        self.link().wait_unblocked(give_up)
+    }
+
+    /// Closes the channel and connection; never hangs, even on a broker
+    /// that blocks us (see [`Link::close`]).
+    pub fn close(mut self) {
+        self.shut();
+    }
+
+    fn shut(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.close(self.channel.take());
+        }
+    }
+
+    fn link(&mut self) -> &mut Link {
+        self.link.as_mut().expect("an open link")
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.shut();
     }
 }

@@ -15,7 +15,7 @@ use crate::db::{self, outbox};
 use crate::messaging::consumer::Activity;
 use crate::messaging::publisher::Publisher;
 use crate::messaging::topology::Topology;
-use crate::messaging::Outgoing;
+use crate::messaging::{BrokerBlocked, Outgoing};
 use crate::reconnect;
 use crate::shutdown::Shutdown;
 
@@ -147,7 +147,26 @@ fn session(
         .context("LISTEN")?;
     let mut publisher = Publisher::connect(amqp_url, topology)?;
     while !shutdown.is_triggered() {
-        let published = drain(&mut conn, &mut publisher, shutdown)?;
+        let published = match drain(&mut conn, &mut publisher, shutdown) {
+            Ok(published) => published,
+            Err(error) => match blocked(&error) {
+                Some(blocked) => {
+                    // Said once per alarm; reconnecting would only be
+                    // blocked again, and the outbox keeps the rows safe.
+                    tracing::warn!("relay: {blocked}; publishing resumes when the alarm clears");
+                    if !publisher.wait_unblocked(|| shutdown.is_triggered()) {
+                        break;
+                    }
+                    tracing::info!("relay: the broker no longer blocks publishers; resuming");
+                    // The old channel still owes confirms for what it sent
+                    // before the block: start afresh rather than miscount.
+                    publisher.close();
+                    publisher = Publisher::connect(amqp_url, topology)?;
+                    continue;
+                }
+                None => return Err(error),
+            },
+        };
         if published > 0 {
             activity.touch();
             tracing::info!(published, "relayed outbox events");
@@ -156,6 +175,13 @@ fn session(
     }
     publisher.close();
     Ok(())
+}
+
+/// The broker's block, if that is what failed a publish.
+pub fn blocked(error: &anyhow::Error) -> Option<&BrokerBlocked> {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<BrokerBlocked>())
 }
 
 /// Returns when an outbox row was committed, the sweep interval passed, or
