@@ -5,8 +5,9 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
-use common::TestEnv;
+use common::{wait_until, TestEnv};
 
 #[test]
 fn bash_completions_load_and_complete_subcommands() {
@@ -56,4 +57,91 @@ fn the_man_page_documents_every_subcommand_and_can_be_written_per_subcommand() {
         .assert_code(0);
     let page = std::fs::read_to_string(dir.join("ordctl-place-order.1")).unwrap();
     assert!(page.contains("\\-\\-amount"), "{page}");
+}
+
+#[test]
+fn purge_removes_a_namespaces_queues_exchanges_redis_keys_and_database_together() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    // A worker attached: purging under it would only see the queues
+    // declared again, so purge refuses and removes nothing.
+    let worker = env.spawn_worker(&[]);
+    wait_until("the worker's consumer", Duration::from_secs(30), || {
+        queue_exists(&env, &env.work_queue()) && env.queue_consumers(&env.work_queue()) > 0
+    });
+    let refused = env.ordctl(["purge", "--yes"]).assert_code(3);
+    assert_eq!(refused.stderr_lines().len(), 1, "{}", refused.stderr);
+    assert!(refused
+        .stderr
+        .contains("stop the namespace's workers first"));
+    worker.terminate();
+    worker.wait().assert_code(0);
+
+    for amount in ["1", "2"] {
+        env.place_order(1, amount, &[]);
+    }
+    let cached = env.redis_key("user:1");
+    redis::cmd("SET")
+        .arg(&cached)
+        .arg("{}")
+        .query::<()>(&mut env.redis())
+        .unwrap();
+
+    // Without --yes: invalid input, nothing removed.
+    let unconfirmed = env.ordctl(["purge"]).assert_code(2);
+    assert_eq!(unconfirmed.stderr_lines().len(), 1);
+    assert_eq!(env.queue_depth(&env.work_queue()), 2);
+
+    let dry = env
+        .ordctl(["purge", "--dry-run", "--database", "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(dry["dry_run"], true);
+    let work = dry["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|queue| queue["name"] == env.work_queue().as_str())
+        .cloned()
+        .expect("the work queue is listed");
+    assert_eq!(work["messages"], 2);
+    assert_eq!(dry["exchanges"].as_array().unwrap().len(), 3);
+    assert!(dry["redis_keys"].as_u64().unwrap() >= 1);
+    assert_eq!(dry["database"], format!("ordctl_t_{}", env.id).as_str());
+    assert_eq!(
+        env.queue_depth(&env.work_queue()),
+        2,
+        "a dry run removed messages"
+    );
+
+    let purged = env
+        .ordctl(["purge", "--yes", "--database", "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(purged["dry_run"], false);
+    assert_eq!(purged["queues"], dry["queues"]);
+    assert!(!queue_exists(&env, &env.work_queue()));
+    assert!(!queue_exists(&env, &env.dlq()));
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(env.redis_key("*"))
+        .query(&mut env.redis())
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!ordctl::db::database_exists(&env.settings.database_url).unwrap());
+
+    // Purging an empty namespace is fine and says there was nothing.
+    let again = env
+        .ordctl(["purge", "--yes", "--database", "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(again["queues"].as_array().unwrap().len(), 0);
+    assert_eq!(again["database"], serde_json::Value::Null);
+}
+
+fn queue_exists(env: &TestEnv, queue: &str) -> bool {
+    let mut connection = ordctl::messaging::connect(&env.settings.amqp_url).unwrap();
+    let channel = connection.open_channel(None).unwrap();
+    let exists = channel.queue_declare_passive(queue).is_ok();
+    let _ = connection.close();
+    exists
 }

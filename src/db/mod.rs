@@ -61,18 +61,7 @@ pub fn create_database_if_missing(url: &Url) -> anyhow::Result<bool> {
     let mut admin_url = url.clone();
     admin_url.set_path("/postgres");
     let mut conn = connect(&admin_url)?;
-
-    #[derive(QueryableByName)]
-    struct Found {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-    let found: Found =
-        diesel::sql_query("SELECT count(*) AS n FROM pg_database WHERE datname = $1")
-            .bind::<Text, _>(&name)
-            .get_result(&mut conn)
-            .context("looking up the database")?;
-    if found.n > 0 {
+    if exists(&mut conn, &name)? {
         return Ok(false);
     }
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
@@ -87,6 +76,29 @@ pub fn create_database_if_missing(url: &Url) -> anyhow::Result<bool> {
         }
         Err(e) => Err(e).with_context(|| format!("creating database {quoted}")),
     }
+}
+
+/// Whether the database named in `url` exists (asked of the server's
+/// `postgres` maintenance database).
+pub fn database_exists(url: &Url) -> anyhow::Result<bool> {
+    let name = database_name(url)?;
+    let mut admin_url = url.clone();
+    admin_url.set_path("/postgres");
+    exists(&mut connect(&admin_url)?, &name)
+}
+
+fn exists(conn: &mut PgConnection, name: &str) -> anyhow::Result<bool> {
+    #[derive(QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let found: Found =
+        diesel::sql_query("SELECT count(*) AS n FROM pg_database WHERE datname = $1")
+            .bind::<Text, _>(name)
+            .get_result(conn)
+            .context("looking up the database")?;
+    Ok(found.n > 0)
 }
 
 /// Drops the database named in `url` if it exists (used by tests and

@@ -176,11 +176,18 @@ fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
     // Never log secrets, whatever the level: amiquip's handshake (debug)
     // carries the AMQP password, ureq's requests (debug) an Authorization
     // header.
-    let filter = ["amiquip::io_loop::handshake_state=warn", "ureq=warn"]
-        .into_iter()
-        .fold(filter, |filter, directive| {
-            filter.add_directive(directive.parse().expect("a valid directive"))
-        });
+    // amiquip also warns of every channel the server closes, which a
+    // passive declare of a missing queue does by design; the errors that
+    // matter reach us through its return values.
+    let filter = [
+        "amiquip::io_loop::handshake_state=warn",
+        "amiquip::io_loop::connection_state=error",
+        "ureq=warn",
+    ]
+    .into_iter()
+    .fold(filter, |filter, directive| {
+        filter.add_directive(directive.parse().expect("a valid directive"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);

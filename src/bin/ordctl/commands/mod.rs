@@ -7,6 +7,7 @@ mod man;
 mod migrate;
 mod order;
 mod place_order;
+mod purge;
 mod relay;
 mod replay_dlq;
 mod seed;
@@ -45,6 +46,7 @@ pub enum Command {
     Status(status::Args),
     TailQueue(tail_queue::Args),
     Trace(trace::Args),
+    Purge(purge::Args),
     Completions(completions::Args),
     Man(man::Args),
 }
@@ -72,6 +74,7 @@ impl Command {
             Self::Status(args) => args.run(ctx, shutdown),
             Self::TailQueue(args) => args.run(ctx, shutdown),
             Self::Trace(args) => args.run(ctx),
+            Self::Purge(args) => args.run(ctx),
             Self::Completions(args) => args.run(),
             Self::Man(args) => args.run(),
         }
