@@ -1,5 +1,6 @@
-//! Redis cache-aside for users: Redis first, PostgreSQL on a miss, then the
-//! user is cached with a TTL. Redis being down is logged and skipped for a
+//! Redis cache-aside for users and products: Redis first, PostgreSQL on a
+//! miss, then the entry is cached with a TTL; product entries are also
+//! deleted after every stock change. Redis being down is logged and skipped for a
 //! few seconds — never a failure, never a slowdown per message.
 
 use std::sync::Mutex;
@@ -10,16 +11,106 @@ use diesel::PgConnection;
 use redis::Commands;
 use url::Url;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
 use crate::config::redact;
-use crate::db::{models::User, users};
-use crate::domain::Namespace;
+use crate::db::{models::User, products, users};
+use crate::domain::{Namespace, Product, ProductId};
 
 /// How long a cached user lives.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// How long Redis is bypassed after a failure before it is tried again.
 const BYPASS_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
+/// How long a cached product lives. Short: every stock change deletes the
+/// entry after commit, and the TTL bounds what a lost deletion (Redis
+/// unreachable at that moment) or a reader racing a writer can leave stale.
+pub const PRODUCT_TTL: Duration = Duration::from_secs(30);
+
+/// Users by id, `{ns}:user:ID`.
 pub struct UserCache {
+    redis: RedisCache,
+}
+
+impl UserCache {
+    /// Builds the cache without connecting: Redis may come up later.
+    pub fn new(redis_url: &Url, namespace: Namespace, pool_size: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            redis: RedisCache::new(redis_url, namespace, pool_size, DEFAULT_TTL)?,
+        })
+    }
+
+    pub fn key(&self, user_id: i64) -> String {
+        self.redis.namespace.key(&format!("user:{user_id}"))
+    }
+
+    /// The user, from Redis when cached, else from PostgreSQL (then cached).
+    pub fn user(&self, conn: &mut PgConnection, user_id: i64) -> diesel::QueryResult<Option<User>> {
+        let key = self.key(user_id);
+        if let Some(user) = self.redis.get::<User>(&key) {
+            return Ok(Some(user));
+        }
+        let user = users::find(conn, user_id)?;
+        if let Some(user) = &user {
+            self.redis.set(&key, user);
+        }
+        Ok(user)
+    }
+}
+
+/// Products by id, `{ns}:product:ID`, as `GET /products/{id}` serves them.
+/// Whoever changes a product's stock calls [`ProductCache::invalidate`]
+/// after the commit.
+pub struct ProductCache {
+    redis: RedisCache,
+}
+
+impl ProductCache {
+    /// Builds the cache without connecting: Redis may come up later.
+    pub fn new(redis_url: &Url, namespace: Namespace, pool_size: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            redis: RedisCache::new(redis_url, namespace, pool_size, PRODUCT_TTL)?,
+        })
+    }
+
+    pub fn key(&self, id: ProductId) -> String {
+        self.redis.namespace.key(&format!("product:{id}"))
+    }
+
+    /// The product, from Redis when cached, else from PostgreSQL (then
+    /// cached). `None` if there is no such product.
+    pub fn product(
+        &self,
+        conn: &mut PgConnection,
+        id: ProductId,
+    ) -> anyhow::Result<Option<Product>> {
+        let key = self.key(id);
+        if let Some(product) = self.redis.get::<Product>(&key) {
+            return Ok(Some(product));
+        }
+        let Some(row) = products::find(conn, id.0)? else {
+            return Ok(None);
+        };
+        let product = Product::try_from(row)?;
+        self.redis.set(&key, &product);
+        Ok(Some(product))
+    }
+
+    /// Drops the products' entries, so the next read sees the committed
+    /// stock. Redis being down is logged, not an error.
+    pub fn invalidate(&self, ids: &[ProductId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = ids.iter().map(|&id| self.key(id)).collect();
+        self.redis.delete(&keys);
+    }
+}
+
+/// Redis with JSON values under one TTL, bypassed for a while after a
+/// failure.
+struct RedisCache {
     redis: Pool<redis::Client>,
     redis_url: String,
     namespace: Namespace,
@@ -27,9 +118,13 @@ pub struct UserCache {
     bypass_until: Mutex<Option<Instant>>,
 }
 
-impl UserCache {
-    /// Builds the cache without connecting: Redis may come up later.
-    pub fn new(redis_url: &Url, namespace: Namespace, pool_size: u32) -> anyhow::Result<Self> {
+impl RedisCache {
+    fn new(
+        redis_url: &Url,
+        namespace: Namespace,
+        pool_size: u32,
+        ttl: Duration,
+    ) -> anyhow::Result<Self> {
         let client = redis::Client::open(redis_url.as_str())?;
         let redis = Pool::builder()
             .max_size(pool_size.max(1))
@@ -40,38 +135,38 @@ impl UserCache {
             redis,
             redis_url: redact(redis_url),
             namespace,
-            ttl: DEFAULT_TTL,
+            ttl,
             bypass_until: Mutex::new(None),
         })
     }
 
-    pub fn key(&self, user_id: i64) -> String {
-        self.namespace.key(&format!("user:{user_id}"))
-    }
-
-    /// The user, from Redis when cached, else from PostgreSQL (then cached).
-    pub fn user(&self, conn: &mut PgConnection, user_id: i64) -> diesel::QueryResult<Option<User>> {
-        let key = self.key(user_id);
-        if let Some(user) = self
-            .redis_call(|redis| redis.get::<_, Option<String>>(&key))
-            .flatten()
-        {
-            match serde_json::from_str::<User>(&user) {
-                Ok(user) => return Ok(Some(user)),
-                Err(error) => tracing::warn!("ignoring malformed cache entry {key}: {error}"),
+    fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let cached = self
+            .call(|redis| redis.get::<_, Option<String>>(key))
+            .flatten()?;
+        match serde_json::from_str(&cached) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                tracing::warn!("ignoring malformed cache entry {key}: {error}");
+                None
             }
         }
-        let user = users::find(conn, user_id)?;
-        if let Some(user) = &user {
-            let json = serde_json::to_string(user).expect("a user serializes");
-            self.redis_call(|redis| redis.set_ex::<_, _, ()>(&key, json, self.ttl.as_secs()));
-        }
-        Ok(user)
+    }
+
+    fn set(&self, key: &str, value: &impl Serialize) {
+        let json = serde_json::to_string(value).expect("a cache entry serializes");
+        self.call(|redis| redis.set_ex::<_, _, ()>(key, json, self.ttl.as_secs()));
+    }
+
+    /// While Redis is down nothing cached can be read either; an entry a
+    /// failed deletion leaves behind expires within the TTL.
+    fn delete(&self, keys: &[String]) {
+        self.call(|redis| redis.del::<_, ()>(keys));
     }
 
     /// Runs one Redis command; on failure logs, bypasses Redis for a while
     /// and returns `None`.
-    fn redis_call<T>(
+    fn call<T>(
         &self,
         command: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Option<T> {
@@ -89,7 +184,7 @@ impl UserCache {
             Ok(value) => Some(value),
             Err(error) => {
                 tracing::warn!(
-                    "Redis at {} unavailable, reading users from PostgreSQL: {error:#}",
+                    "Redis at {} unavailable, reading from PostgreSQL: {error:#}",
                     self.redis_url
                 );
                 *self.bypass_until.lock().expect("cache lock") =

@@ -42,6 +42,7 @@ pub struct NewOrderRow<'a> {
     pub user_id: i64,
     pub amount_minor: i64,
     pub currency: &'a str,
+    pub idempotency_key: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, Queryable, Selectable)]
@@ -114,7 +115,7 @@ pub struct Payment {
 
 #[derive(Clone, Debug, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = products, check_for_backend(diesel::pg::Pg))]
-pub struct Product {
+pub struct ProductRow {
     pub id: i64,
     pub name: String,
     pub price_minor: i64,
@@ -133,4 +134,24 @@ pub struct NewProductRow<'a> {
     pub stock: i32,
     pub low_stock_threshold: i32,
     pub threshold_fixed: bool,
+}
+
+impl TryFrom<ProductRow> for crate::domain::Product {
+    type Error = anyhow::Error;
+    fn try_from(row: ProductRow) -> anyhow::Result<Self> {
+        Ok(Self {
+            id: crate::domain::ProductId(row.id),
+            name: row.name,
+            price: crate::domain::Money::from_minor_units(row.price_minor).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "product {} has an invalid price {}",
+                    row.id,
+                    row.price_minor
+                )
+            })?,
+            currency: crate::domain::Currency::parse(&row.currency)?,
+            stock: row.stock,
+            low_stock_threshold: row.low_stock_threshold,
+        })
+    }
 }

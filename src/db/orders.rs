@@ -22,6 +22,18 @@ pub fn find(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>> {
         .optional()
 }
 
+/// The order placed with a client's idempotency key, if any.
+pub fn find_by_idempotency_key(conn: &mut PgConnection, key: &str) -> QueryResult<Option<Order>> {
+    orders::table
+        .filter(orders::idempotency_key.eq(key))
+        .select(Order::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// The name of the unique constraint on `orders.idempotency_key`.
+pub const IDEMPOTENCY_KEY_CONSTRAINT: &str = "orders_idempotency_key_key";
+
 /// The order, locked `FOR UPDATE` until the transaction ends: status moves
 /// of one order happen one after the other.
 pub fn lock(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>> {

@@ -6,38 +6,38 @@ use diesel::dsl::now;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer};
 
-use super::models::{NewProductRow, Product};
+use super::models::{NewProductRow, ProductRow};
 use super::schema::products;
 
-pub fn insert(conn: &mut PgConnection, product: &NewProductRow<'_>) -> QueryResult<Product> {
+pub fn insert(conn: &mut PgConnection, product: &NewProductRow<'_>) -> QueryResult<ProductRow> {
     diesel::insert_into(products::table)
         .values(product)
-        .returning(Product::as_returning())
+        .returning(ProductRow::as_returning())
         .get_result(conn)
 }
 
-pub fn find(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Product>> {
+pub fn find(conn: &mut PgConnection, id: i64) -> QueryResult<Option<ProductRow>> {
     products::table
         .find(id)
-        .select(Product::as_select())
+        .select(ProductRow::as_select())
         .first(conn)
         .optional()
 }
 
 /// The products among `ids` that exist, in id order.
-pub fn find_many(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<Product>> {
+pub fn find_many(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<ProductRow>> {
     products::table
         .filter(products::id.eq_any(ids))
         .order(products::id)
-        .select(Product::as_select())
+        .select(ProductRow::as_select())
         .load(conn)
 }
 
 /// Every product, in id order.
-pub fn all(conn: &mut PgConnection) -> QueryResult<Vec<Product>> {
+pub fn all(conn: &mut PgConnection) -> QueryResult<Vec<ProductRow>> {
     products::table
         .order(products::id)
-        .select(Product::as_select())
+        .select(ProductRow::as_select())
         .load(conn)
 }
 
@@ -45,7 +45,7 @@ pub fn all(conn: &mut PgConnection) -> QueryResult<Vec<Product>> {
 /// conditional UPDATE (the row lock makes concurrent takers wait, then
 /// re-check). Returns the product after the take, or `None` if the stock
 /// was short (or the product does not exist).
-pub fn take(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<Option<Product>> {
+pub fn take(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<Option<ProductRow>> {
     diesel::update(
         products::table
             .find(id)
@@ -55,27 +55,27 @@ pub fn take(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<Opti
         products::stock.eq(products::stock - quantity),
         products::updated_at.eq(now),
     ))
-    .returning(Product::as_returning())
+    .returning(ProductRow::as_returning())
     .get_result(conn)
     .optional()
 }
 
 /// Gives `quantity` back to the product's stock (a cancelled order's
 /// items). The threshold stays: only an add or a restock moves it.
-pub fn release(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<Product> {
+pub fn release(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<ProductRow> {
     diesel::update(products::table.find(id))
         .set((
             products::stock.eq(products::stock + quantity),
             products::updated_at.eq(now),
         ))
-        .returning(Product::as_returning())
+        .returning(ProductRow::as_returning())
         .get_result(conn)
 }
 
 /// Adds `quantity` to the stock and, unless the threshold was set
 /// explicitly, moves the threshold to half the new stock. `None` if the
 /// product does not exist.
-pub fn restock(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<Option<Product>> {
+pub fn restock(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<Option<ProductRow>> {
     diesel::sql_query(
         "UPDATE products SET stock = stock + $2, \
              low_stock_threshold = CASE WHEN threshold_fixed THEN low_stock_threshold \

@@ -2,6 +2,7 @@
 
 pub mod orders;
 pub mod place_order;
+pub mod products;
 pub mod purge;
 pub mod relay;
 pub mod replay;

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::relay;
 use super::trace::{self, Step};
+use crate::cache::ProductCache;
 use crate::db::models::{Order, OrderItem, Payment};
 use crate::db::{order_items, orders, outbox, payments, products};
 use crate::domain::events::ItemSnapshot;
@@ -35,7 +36,8 @@ pub struct IllegalMove {
 }
 
 /// A cancelled order: its event and the products whose stock it released
-/// (the caller invalidates their cache entries after commit).
+/// (the caller drops their entries with [`ProductCache::invalidate`] after
+/// the commit).
 #[derive(Clone, Debug)]
 pub struct Cancelled {
     pub order: Order,
@@ -171,16 +173,21 @@ pub fn set_status(
 }
 
 /// `ordctl order set-status`: [`set_status`] in its own transaction, then
+/// the cache entries of products a cancellation released are dropped and
 /// the event is published at once through a publisher `connect` opens
 /// after the commit (if the broker is down, the relay publishes it).
 pub fn change_status(
     conn: &mut PgConnection,
     connect: &(dyn Fn() -> anyhow::Result<Publisher> + Sync),
+    cache: Option<&ProductCache>,
     order_id: OrderId,
     to: OrderStatus,
 ) -> anyhow::Result<StatusChanged> {
     let mut changed =
         conn.transaction::<_, anyhow::Error, _>(|conn| set_status(conn, order_id, to))?;
+    if let Some(cache) = cache {
+        cache.invalidate(&changed.released);
+    }
     let mut publisher = super::place_order::connect_or_warn(connect);
     changed.published = publish_now(conn, &mut publisher, &[changed.outbox_id]);
     if let Some(publisher) = publisher {

@@ -13,13 +13,17 @@ use diesel::{Connection, PgConnection};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::products::{self, Taken};
 use super::relay;
-use crate::db::models::{NewOrderRow, NewOutboxRow};
-use crate::db::{orders, outbox, users, PgPool};
+use crate::cache::ProductCache;
+use crate::db::models::{NewOrderRow, OrderItem};
+use crate::db::{order_items, orders, outbox, users, PgPool};
+use crate::domain::events::{ItemSnapshot, ProductSnapshot};
 use crate::domain::{
-    Currency, Money, NewOrder, OrderCreated, OrderSnapshot, UserId, ORDER_CREATED,
+    Currency, Event, IdempotencyKey, Money, NewOrder, OrderContents, OrderCreated, OrderId,
+    OrderItems, OrderSnapshot, ProductId, StockLow, UserId, ORDER_CREATED,
 };
-use crate::error::InvalidInput;
+use crate::error::{refused, InvalidInput, Refused};
 use crate::fanout::fan_out;
 use crate::messaging::publisher::Publisher;
 
@@ -32,53 +36,182 @@ pub struct Placed {
     pub currency: Currency,
     pub event_id: Uuid,
     pub published: bool,
+    /// The products ordered, for an order of products.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<ItemSnapshot>,
+    /// True when the idempotency key had placed this order before: it is
+    /// that first order, and nothing was written now.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+    /// Products whose stock this order took: the caller drops their
+    /// product-cache entries ([`crate::cache::ProductCache::invalidate`])
+    /// once the order is committed.
+    #[serde(skip)]
+    pub stock_changed: Vec<ProductId>,
 }
 
-/// Commits the order and its outbox event; returns them and the outbox id.
-/// An unknown user is `InvalidInput`, and nothing is written.
-pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, i64)> {
-    conn.transaction::<_, anyhow::Error, _>(|conn| {
-        let new_order = NewOrderRow {
-            user_id: order.user_id.0,
-            amount_minor: order.amount.minor_units(),
-            currency: order.currency.as_str(),
-        };
-        // The foreign key is the user check: one round trip less per order.
-        let row = orders::insert(conn, &new_order).map_err(|error| match error {
-            DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
-                anyhow::Error::from(InvalidInput::new(format!("unknown user {}", order.user_id)))
+/// Commits the order with its events — `order.created`, and `stock.low`
+/// for each product whose threshold it crossed — taking its items from
+/// stock in the same transaction. Returns the order and its outbox ids.
+/// Unknown user or product, or items in several currencies:
+/// [`InvalidInput`]; not enough stock: [`Refused`](crate::error::Refused);
+/// nothing is written either way. An idempotency key placed before returns
+/// that first order, `replayed`, and writes nothing.
+pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, Vec<i64>)> {
+    let result = conn.transaction::<_, anyhow::Error, _>(|conn| {
+        if let Some(key) = &order.idempotency_key {
+            if let Some(first) = replay(conn, key)? {
+                return Ok((first, Vec::new()));
             }
-            other => other.into(),
-        })?;
-        let snapshot = OrderSnapshot {
-            id: row.id,
-            user_id: row.user_id,
-            amount: order.amount,
-            currency: order.currency.clone(),
-            items: Vec::new(),
-        };
-        let event = OrderCreated::new(snapshot, row.created_at);
-        let payload = serde_json::to_value(&event)?;
-        let outbox_row = outbox::insert(
-            conn,
-            &NewOutboxRow {
-                event_id: event.event_id,
-                order_id: row.id,
-                routing_key: ORDER_CREATED,
-                payload: &payload,
-            },
-        )?;
-        let placed = Placed {
-            order_id: row.id,
-            user_id: row.user_id,
-            amount: order.amount,
-            currency: order.currency.clone(),
-            event_id: event.event_id,
-            published: false,
-        };
-        Ok((placed, outbox_row.id))
-    })
+        }
+        insert(conn, order)
+    });
+    match (result, &order.idempotency_key) {
+        // Another placer committed the same key while this one was
+        // inserting: theirs is the first order.
+        (Err(error), Some(key)) if is_key_conflict(&error) => replay(conn, key)?
+            .map(|first| (first, Vec::new()))
+            .ok_or(error),
+        (result, _) => result,
+    }
     .with_context(|| format!("placing an order for user {}", order.user_id))
+}
+
+fn insert(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, Vec<i64>)> {
+    let (amount, currency, taken) = match &order.contents {
+        OrderContents::Amount { amount, currency } => (*amount, currency.clone(), Vec::new()),
+        OrderContents::Items(items) => {
+            // Checked first so an unknown user is invalid input even when
+            // the stock is short.
+            if users::find(conn, order.user_id.0)?.is_none() {
+                return Err(unknown_user(order.user_id));
+            }
+            let (taken, currency) = products::take_stock(conn, items)?;
+            (total(&taken)?, currency, taken)
+        }
+    };
+    let new_order = NewOrderRow {
+        user_id: order.user_id.0,
+        amount_minor: amount.minor_units(),
+        currency: currency.as_str(),
+        idempotency_key: order.idempotency_key.as_ref().map(IdempotencyKey::as_str),
+    };
+    // The foreign key is the user check: one round trip less per order.
+    let row = orders::insert(conn, &new_order).map_err(|error| match error {
+        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+            unknown_user(order.user_id)
+        }
+        other => other.into(),
+    })?;
+    let lines: Vec<OrderItem> = taken
+        .iter()
+        .map(|take| OrderItem {
+            order_id: row.id,
+            product_id: take.product.id,
+            quantity: take.quantity,
+            unit_price_minor: take.product.price_minor,
+        })
+        .collect();
+    if !lines.is_empty() {
+        order_items::insert_all(conn, &lines)?;
+    }
+    let items: Vec<ItemSnapshot> = lines
+        .iter()
+        .map(|line| ItemSnapshot {
+            product_id: ProductId(line.product_id),
+            quantity: line.quantity,
+        })
+        .collect();
+    let snapshot = OrderSnapshot {
+        id: row.id,
+        user_id: row.user_id,
+        amount,
+        currency: currency.clone(),
+        items: items.clone(),
+    };
+    let event = OrderCreated::new(snapshot, row.created_at);
+    let mut outbox_ids = vec![outbox::insert_event(conn, &Event::OrderCreated(event.clone()))?.id];
+    for take in taken.iter().filter(|take| take.crossed_threshold()) {
+        let product = ProductSnapshot {
+            id: ProductId(take.product.id),
+            name: take.product.name.clone(),
+            stock: take.product.stock,
+            low_stock_threshold: take.product.low_stock_threshold,
+        };
+        let low = StockLow::new(product, OrderId(row.id), row.created_at);
+        outbox_ids.push(outbox::insert_event(conn, &Event::StockLow(low))?.id);
+    }
+    let placed = Placed {
+        order_id: row.id,
+        user_id: row.user_id,
+        amount,
+        currency,
+        event_id: event.event_id,
+        published: false,
+        items,
+        replayed: false,
+        stock_changed: taken
+            .iter()
+            .map(|take| ProductId(take.product.id))
+            .collect(),
+    };
+    Ok((placed, outbox_ids))
+}
+
+/// The order an idempotency key placed, if any, as it was placed.
+fn replay(conn: &mut PgConnection, key: &IdempotencyKey) -> anyhow::Result<Option<Placed>> {
+    let Some(order) = orders::find_by_idempotency_key(conn, key.as_str())? else {
+        return Ok(None);
+    };
+    let items = order_items::for_order(conn, order.id)?
+        .into_iter()
+        .map(|item| ItemSnapshot {
+            product_id: ProductId(item.product_id),
+            quantity: item.quantity,
+        })
+        .collect();
+    let created = outbox::for_order(conn, order.id)?
+        .into_iter()
+        .find(|row| row.routing_key == ORDER_CREATED)
+        .with_context(|| format!("order {} has no order.created event", order.id))?;
+    Ok(Some(Placed {
+        order_id: order.id,
+        user_id: order.user_id,
+        amount: Money::from_minor_units(order.amount_minor)
+            .with_context(|| format!("order {} has an invalid amount", order.id))?,
+        currency: Currency::parse(&order.currency)?,
+        event_id: created.event_id,
+        published: created.published_at.is_some(),
+        items,
+        replayed: true,
+        stock_changed: Vec::new(),
+    }))
+}
+
+fn is_key_conflict(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<DieselError>(),
+        Some(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
+            if info.constraint_name() == Some(orders::IDEMPOTENCY_KEY_CONSTRAINT)
+    )
+}
+
+/// Σ unit price × quantity, at the prices the updates returned.
+fn total(taken: &[Taken]) -> anyhow::Result<Money> {
+    taken
+        .iter()
+        .try_fold(0i64, |sum, take| {
+            take.product
+                .price_minor
+                .checked_mul(i64::from(take.quantity))
+                .and_then(|line| sum.checked_add(line))
+        })
+        .and_then(Money::from_minor_units)
+        .ok_or_else(|| InvalidInput::new("the order's total is too large").into())
+}
+
+fn unknown_user(user_id: UserId) -> anyhow::Error {
+    InvalidInput::new(format!("unknown user {user_id}")).into()
 }
 
 /// Commits the order, then publishes its event if a publisher is at hand.
@@ -101,16 +234,25 @@ pub fn place(
 fn publish(
     conn: &mut PgConnection,
     publisher: &mut Option<Publisher>,
-    committed: &mut [(Placed, i64)],
+    committed: &mut [(Placed, Vec<i64>)],
 ) {
     let Some(active) = publisher else { return };
-    let outbox_ids: Vec<i64> = committed.iter().map(|(_, outbox_id)| *outbox_id).collect();
+    let outbox_ids: Vec<i64> = committed
+        .iter()
+        .flat_map(|(_, outbox_ids)| outbox_ids.iter().copied())
+        .collect();
+    if outbox_ids.is_empty() {
+        // Replays only: their events were published (or are the relay's).
+        return;
+    }
     match relay::publish_committed(conn, active, &outbox_ids) {
+        // A replayed order keeps what its first placing recorded.
         Ok(()) => committed
             .iter_mut()
+            .filter(|(_, outbox_ids)| !outbox_ids.is_empty())
             .for_each(|(placed, _)| placed.published = true),
         Err(error) => {
-            for (placed, _) in committed.iter() {
+            for (placed, _) in committed.iter().filter(|(placed, _)| !placed.replayed) {
                 tracing::warn!(
                     order_id = placed.order_id,
                     event_id = %placed.event_id,
@@ -134,7 +276,7 @@ struct Window<'a> {
     connect: &'a (dyn Fn() -> anyhow::Result<Publisher> + Sync),
     publisher: Option<Publisher>,
     lost_at: Option<Instant>,
-    pending: Vec<(Placed, i64)>,
+    pending: Vec<(Placed, Vec<i64>)>,
 }
 
 impl<'a> Window<'a> {
@@ -190,6 +332,8 @@ pub struct BulkSummary {
     pub placed: u64,
     pub published: u64,
     pub failed: u64,
+    /// Orders a business rule refused (not enough stock): nothing written.
+    pub refused: u64,
     pub elapsed_secs: f64,
     pub orders_per_sec: f64,
 }
@@ -201,21 +345,33 @@ pub enum Users {
     All,
 }
 
+/// What each bulk order is for.
+pub enum BulkContents {
+    Amounts {
+        /// Every order's amount; `None` spreads them over 5.00 to 204.99.
+        amount: Option<Money>,
+        currency: Currency,
+    },
+    /// Every order takes these products from stock.
+    Items(OrderItems),
+}
+
 /// What `place-order --count` places.
 pub struct Bulk {
     pub users: Users,
-    /// Every order's amount; `None` spreads them over 5.00 to 204.99.
-    pub amount: Option<Money>,
-    pub currency: Currency,
+    pub contents: BulkContents,
     pub count: u64,
     /// Threads placing at once, each with its own connection and publisher.
     pub concurrency: u16,
+    /// Product entries to drop after each order that took stock.
+    pub product_cache: Option<ProductCache>,
 }
 
 /// Places `bulk.count` orders from `bulk.concurrency` threads, each with its
 /// own database connection and publisher. `progress` is called once per
-/// order. A failed order is counted and the others go on; only when every
-/// order failed (or none did and a thread could not start) is it an error.
+/// order. A failed or refused order is counted and the others go on. When
+/// none was placed it is an error: the first failure's, else (every order
+/// refused, e.g. sold out) a [`Refused`](crate::error::Refused).
 pub fn place_many(
     pool: &PgPool,
     connect_publisher: &(dyn Fn() -> anyhow::Result<Publisher> + Sync),
@@ -225,6 +381,8 @@ pub fn place_many(
     let user_ids = bulk_users(pool, &bulk.users)?;
     let published = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
+    let refusals = AtomicU64::new(0);
+    let first_refusal: Mutex<Option<String>> = Mutex::new(None);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let count = bulk.count;
     let timing = fan_out(
@@ -237,10 +395,14 @@ pub fn place_many(
             // ones, and the next order takes another.
             let mut conn: Option<PooledConnection<_>> = None;
             while let Some(n) = items.take() {
-                let order = NewOrder {
-                    user_id: UserId(user_ids[(n % user_ids.len() as u64) as usize]),
-                    amount: bulk.amount.unwrap_or_else(|| varied_amount(n)),
-                    currency: bulk.currency.clone(),
+                let user_id = UserId(user_ids[(n % user_ids.len() as u64) as usize]);
+                let order = match &bulk.contents {
+                    BulkContents::Amounts { amount, currency } => NewOrder::for_amount(
+                        user_id,
+                        amount.unwrap_or_else(|| varied_amount(n)),
+                        currency.clone(),
+                    ),
+                    BulkContents::Items(items) => NewOrder::for_items(user_id, items.clone()),
                 };
                 let result = match conn.as_mut() {
                     Some(connection) => commit(connection, &order),
@@ -252,7 +414,19 @@ pub fn place_many(
                     },
                 };
                 match result {
-                    Ok(committed) => window.pending.push(committed),
+                    Ok(committed) => {
+                        if let Some(cache) = &bulk.product_cache {
+                            cache.invalidate(&committed.0.stock_changed);
+                        }
+                        window.pending.push(committed);
+                    }
+                    Err(error) if refused(&error).is_some() => {
+                        refusals.fetch_add(1, Ordering::Relaxed);
+                        first_refusal
+                            .lock()
+                            .unwrap()
+                            .get_or_insert_with(|| refused(&error).unwrap().to_string());
+                    }
                     Err(error) => {
                         failed.fetch_add(1, Ordering::Relaxed);
                         first_error.lock().unwrap().get_or_insert(error);
@@ -276,17 +450,28 @@ pub fn place_many(
     )?;
     let elapsed = timing.elapsed.as_secs_f64();
     let failed = failed.into_inner();
+    let refused_count = refusals.into_inner();
+    let placed = count - failed - refused_count;
     if let Some(error) = first_error.into_inner().unwrap() {
-        if failed == count || failed == 0 {
+        if placed == 0 {
             return Err(error);
         }
         tracing::error!("{failed} of {count} orders failed, the first with: {error:#}");
     }
-    let placed = count - failed;
+    if let Some(refusal) = first_refusal.into_inner().unwrap() {
+        if placed == 0 {
+            return Err(Refused::new(format!(
+                "all {count} orders were refused, the first: {refusal}"
+            ))
+            .into());
+        }
+        tracing::warn!("{refused_count} of {count} orders were refused, the first: {refusal}");
+    }
     Ok(BulkSummary {
         placed,
         published: published.into_inner(),
         failed,
+        refused: refused_count,
         elapsed_secs: elapsed,
         orders_per_sec: if elapsed > 0.0 {
             placed as f64 / elapsed

@@ -21,7 +21,7 @@ use ordctl::db::{self, PgPool};
 use ordctl::domain::{Currency, Money, NewOrder, UserId};
 use ordctl::fanout::fan_out;
 use ordctl::messaging::{self, publisher::Publisher, topology::Topology};
-use ordctl::pipeline::place_order::{self, Bulk, Users};
+use ordctl::pipeline::place_order::{self, Bulk, BulkContents, Users};
 use ordctl::shutdown::Shutdown;
 use serde::Serialize;
 
@@ -74,10 +74,13 @@ impl Pipeline<'_> {
         let stopwatch = Stopwatch::start();
         let bulk = Bulk {
             users: Users::All,
-            amount: Some(amount()),
-            currency: Currency::default(),
+            contents: BulkContents::Amounts {
+                amount: Some(amount()),
+                currency: Currency::default(),
+            },
             count,
             concurrency,
+            product_cache: None,
         };
         let summary = place_order::place_many(
             self.pool,
@@ -200,11 +203,11 @@ impl Pipeline<'_> {
                 }
                 let due = started + Duration::from_secs_f64(n as f64 / per_sec);
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                let order = NewOrder {
-                    user_id: UserId(user_ids[n as usize % user_ids.len()]),
-                    amount: amount(),
-                    currency: Currency::default(),
-                };
+                let order = NewOrder::for_amount(
+                    UserId(user_ids[n as usize % user_ids.len()]),
+                    amount(),
+                    Currency::default(),
+                );
                 place_order::place(conn, publisher, &order)?;
             }
             if let Some(publisher) = publisher.take() {

@@ -7,6 +7,7 @@ mod man;
 mod migrate;
 mod order;
 mod place_order;
+mod product;
 mod purge;
 mod relay;
 mod replay_dlq;
@@ -40,6 +41,7 @@ pub enum Command {
     Seed(seed::Args),
     PlaceOrder(place_order::Args),
     Order(order::Args),
+    Product(product::Args),
     Relay(relay::Args),
     ReplayDlq(replay_dlq::Args),
     Worker(worker::Args),
@@ -68,6 +70,7 @@ impl Command {
             Self::Seed(args) => args.run(ctx),
             Self::PlaceOrder(args) => args.run(ctx),
             Self::Order(args) => args.run(ctx),
+            Self::Product(args) => args.run(ctx),
             Self::Relay(args) => args.run(ctx, shutdown),
             Self::ReplayDlq(args) => args.run(ctx),
             Self::Worker(args) => args.run(ctx, shutdown),

@@ -1,5 +1,6 @@
 //! `ordctl order show` and `ordctl order set-status`
 
+use ordctl::cache::ProductCache;
 use ordctl::db;
 use ordctl::domain::{OrderId, OrderStatus};
 use ordctl::messaging::publisher::Publisher;
@@ -121,7 +122,14 @@ impl SetStatusArgs {
         let topology = ctx.topology();
         let mut conn = db::connect(&settings.database_url)?;
         let connect = || Publisher::connect(&settings.amqp_url, &topology);
-        let changed = orders::change_status(&mut conn, &connect, self.order_id, self.status)?;
+        let cache = ProductCache::new(&settings.redis_url, settings.namespace.clone(), 1)?;
+        let changed = orders::change_status(
+            &mut conn,
+            &connect,
+            Some(&cache),
+            self.order_id,
+            self.status,
+        )?;
         if ctx.json {
             return output::json(&changed);
         }
