@@ -663,6 +663,12 @@ fn stock_low_is_written_once_per_crossing_and_rearmed_by_restock_and_cancellatio
     );
     order(1); // 1 -> 0: already below
     assert_eq!(stock_low_events(&env).len(), 1, "once per crossing");
+    let low = env
+        .ordctl(["product", "list", "--low-stock", "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(low.as_array().map(Vec::len), Some(1), "{low}");
+    assert_eq!(low[0]["id"], product);
 
     env.ordctl([
         "product",
@@ -676,6 +682,11 @@ fn stock_low_is_written_once_per_crossing_and_rearmed_by_restock_and_cancellatio
     assert_eq!(stock_low_events(&env).len(), 2, "a restock re-arms it");
 
     set_status(&env, last, "cancelled").assert_code(0); // 1 -> 10
+    let low = env
+        .ordctl(["product", "list", "--low-stock", "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(low, json!([]));
     assert_eq!(stock_of(&env, product).0, 10);
     order(9);
     assert_eq!(stock_low_events(&env).len(), 3, "a cancellation re-arms it");
@@ -729,6 +740,7 @@ fn an_idempotency_key_places_one_order_however_often_it_is_sent() {
     env.migrate_and_seed();
     let mug = add_product(&env, "Mug", "12.50", 10, &[]);
     let item = format!("{mug}x2");
+    let mug_one = mug.to_string();
     let first = order_items_run(&env, 3, &[&item], &["--idempotency-key", "cart-1"])
         .assert_code(0)
         .json();
@@ -742,6 +754,27 @@ fn an_idempotency_key_places_one_order_however_often_it_is_sent() {
     assert_eq!(again["event_id"], first["event_id"]);
     assert_eq!(again["amount"], "25.00");
     assert_eq!(written(&env), before, "a replay writes nothing");
+
+    // The key reused for another order is a mistake, not a replay.
+    for (case, user, items) in [
+        ("another user", 4, vec![item.as_str()]),
+        ("another quantity", 3, vec![mug_one.as_str()]),
+    ] {
+        let run = order_items_run(&env, user, &items, &["--idempotency-key", "cart-1"]);
+        assert_eq!(run.code, Some(2), "{case}: {run:#?}");
+        assert_eq!(run.stderr_lines().len(), 1, "{case}: {run:#?}");
+        assert_eq!(written(&env), before, "{case}: nothing written");
+    }
+    let run = env.ordctl([
+        "place-order",
+        "--user",
+        "3",
+        "--amount",
+        "25",
+        "--idempotency-key",
+        "cart-1",
+    ]);
+    assert_eq!(run.code, Some(2), "an amount instead of items: {run:#?}");
 
     // Sent at once by several clients: still one order.
     let racers: Vec<common::Running> = (0..6)

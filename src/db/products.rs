@@ -41,6 +41,15 @@ pub fn all(conn: &mut PgConnection) -> QueryResult<Vec<ProductRow>> {
         .load(conn)
 }
 
+/// The products whose stock is below their threshold, in id order.
+pub fn low_stock(conn: &mut PgConnection) -> QueryResult<Vec<ProductRow>> {
+    products::table
+        .filter(products::stock.lt(products::low_stock_threshold))
+        .order(products::id)
+        .select(ProductRow::as_select())
+        .load(conn)
+}
+
 /// Takes `quantity` from the product's stock if it has that much, in one
 /// conditional UPDATE (the row lock makes concurrent takers wait, then
 /// re-check). Returns the product after the take, or `None` if the stock

@@ -60,7 +60,7 @@ pub struct Placed {
 pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, Vec<i64>)> {
     let result = conn.transaction::<_, anyhow::Error, _>(|conn| {
         if let Some(key) = &order.idempotency_key {
-            if let Some(first) = replay(conn, key)? {
+            if let Some(first) = replay(conn, key, order)? {
                 return Ok((first, Vec::new()));
             }
         }
@@ -69,7 +69,7 @@ pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Plac
     match (result, &order.idempotency_key) {
         // Another placer committed the same key while this one was
         // inserting: theirs is the first order.
-        (Err(error), Some(key)) if is_key_conflict(&error) => replay(conn, key)?
+        (Err(error), Some(key)) if is_key_conflict(&error) => replay(conn, key, order)?
             .map(|first| (first, Vec::new()))
             .ok_or(error),
         (result, _) => result,
@@ -158,8 +158,46 @@ fn insert(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, 
     Ok((placed, outbox_ids))
 }
 
-/// The order an idempotency key placed, if any, as it was placed.
-fn replay(conn: &mut PgConnection, key: &IdempotencyKey) -> anyhow::Result<Option<Placed>> {
+/// The order an idempotency key placed, if any, as it was placed. The key
+/// sent with another user or other contents is [`InvalidInput`]: a client
+/// reusing a key by mistake must not get someone else's order back.
+fn replay(
+    conn: &mut PgConnection,
+    key: &IdempotencyKey,
+    order: &NewOrder,
+) -> anyhow::Result<Option<Placed>> {
+    let Some(first) = first_placed(conn, key)? else {
+        return Ok(None);
+    };
+    if !is_same_request(order, &first) {
+        return Err(InvalidInput::new(format!(
+            "idempotency key {:?} was used for order {} with another user or other contents",
+            key.as_str(),
+            first.order_id
+        ))
+        .into());
+    }
+    Ok(Some(first))
+}
+
+fn is_same_request(order: &NewOrder, first: &Placed) -> bool {
+    order.user_id.0 == first.user_id
+        && match &order.contents {
+            OrderContents::Amount { amount, currency } => {
+                first.items.is_empty() && *amount == first.amount && *currency == first.currency
+            }
+            OrderContents::Items(items) => items
+                .lines()
+                .iter()
+                .map(|line| (line.product_id, line.quantity.get()))
+                .eq(first
+                    .items
+                    .iter()
+                    .map(|item| (item.product_id, item.quantity))),
+        }
+}
+
+fn first_placed(conn: &mut PgConnection, key: &IdempotencyKey) -> anyhow::Result<Option<Placed>> {
     let Some(order) = orders::find_by_idempotency_key(conn, key.as_str())? else {
         return Ok(None);
     };

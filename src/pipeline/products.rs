@@ -43,6 +43,15 @@ pub fn list(conn: &mut PgConnection) -> anyhow::Result<Vec<Product>> {
         .collect()
 }
 
+/// The products whose stock is below their low-stock threshold.
+pub fn list_low_stock(conn: &mut PgConnection) -> anyhow::Result<Vec<Product>> {
+    products::low_stock(conn)
+        .context("listing products low on stock")?
+        .into_iter()
+        .map(Product::try_from)
+        .collect()
+}
+
 /// Adds `quantity` to the product's stock (moving a threshold that was not
 /// set explicitly to half the new stock), then drops its cache entry. Stock
 /// back at or above the threshold re-arms the low-stock event. An unknown

@@ -58,9 +58,13 @@ struct AddArgs {
 
 /// List every product with its stock and threshold.
 ///
-/// Example: `ordctl product list --json`
+/// Example: `ordctl product list --low-stock --json`
 #[derive(clap::Args)]
-struct ListArgs {}
+struct ListArgs {
+    /// Only the products whose stock is below their low-stock threshold.
+    #[arg(long)]
+    low_stock: bool,
+}
 
 /// Show one product, read through the Redis product cache.
 ///
@@ -92,7 +96,7 @@ impl Args {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<()> {
         match self.command {
             ProductCommand::Add(args) => args.run(ctx),
-            ProductCommand::List(_) => list(ctx),
+            ProductCommand::List(args) => args.run(ctx),
             ProductCommand::Show(args) => args.run(ctx),
             ProductCommand::Restock(args) => args.run(ctx),
         }
@@ -114,13 +118,18 @@ impl AddArgs {
     }
 }
 
-fn list(ctx: &Ctx) -> anyhow::Result<()> {
-    let mut conn = db::connect(&ctx.settings.database_url)?;
-    let all = products::list(&mut conn)?;
-    if ctx.json {
-        return output::json(&all);
+impl ListArgs {
+    fn run(self, ctx: &Ctx) -> anyhow::Result<()> {
+        let mut conn = db::connect(&ctx.settings.database_url)?;
+        let listed = match self.low_stock {
+            true => products::list_low_stock(&mut conn)?,
+            false => products::list(&mut conn)?,
+        };
+        if ctx.json {
+            return output::json(&listed);
+        }
+        output::line(table(&listed))
     }
-    output::line(table(&all))
 }
 
 impl ShowArgs {
