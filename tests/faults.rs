@@ -404,7 +404,7 @@ fn smtp_550_dead_letters_and_replay_after_the_fix_delivers_once() {
         listed["messages"][0]["reason"]
             .as_str()
             .unwrap_or_default()
-            .contains("(500)"),
+            .contains("500 "),
         "{listed}"
     );
     assert_eq!(env.queue_depth(&env.dlq()), 300, "--dry-run moves nothing");
