@@ -47,7 +47,10 @@ impl Mailer {
                 mail_dir.to_path_buf(),
             ));
         };
-        Ok(Self::Smtp(Box::new(SmtpPool::new(smtp, pool_size as usize)?)))
+        Ok(Self::Smtp(Box::new(SmtpPool::new(
+            smtp,
+            pool_size as usize,
+        )?)))
     }
 
     /// Sends one email; returns the server's reply (or where the file went).
