@@ -3,9 +3,11 @@
 #
 # The whole pipeline on this machine, end to end: makes sure PostgreSQL,
 # Redis and RabbitMQ run (scripts/services.sh), starts a real SMTP server
-# (scripts/smtp-sink.sh), builds ordctl, then migrates, seeds users, places
-# orders, lets a worker e-mail every confirmation, shows the status, and shows
-# the e-mails that arrived.
+# (scripts/smtp-sink.sh), builds ordctl, then runs the whole order system:
+# migrates, seeds users, adds products, places orders with items (one takes a
+# product below its low-stock threshold, one is declined by the simulated
+# payment gateway), lets a worker charge, e-mail and alert, moves an order to
+# `shipped`, and shows the orders, stock, status and the e-mails that arrived.
 #
 # It uses ordctl's defaults (database `ordctl`, namespace `ordctl`, the local
 # services), so ordctl commands you type afterwards see the same data; running
@@ -35,28 +37,44 @@ mail_count() {
 }
 mail_before=$(mail_count)
 
+# The value of FIELD in the JSON object on standard input.
+field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+
 run ordctl migrate
 run ordctl seed
-run ordctl place-order --user 3 --amount 42
+# Stock 20: the low-stock threshold defaults to half of it, 10.
+widget=$(ordctl product add --name Widget --price 12.50 --stock 20 --json | field id)
+# The simulated payment gateway declines every amount whose cents are 13.
+gift=$(ordctl product add --name "Gift card" --price 10.13 --stock 5 --json | field id)
+run ordctl product list
+
+first=$(ordctl place-order --json --user 3 --item "$widget"x2 | field order_id)
+log "order $first: 2 widgets (stock 20 -> 18)"
+run ordctl place-order --user 2 --item "$widget"x9     # 18 -> 9: below 10, staff are alerted
+run ordctl place-order --user 4 --item "$gift"          # 10.13: declined, cancelled, stock back
 run ordctl place-order --user 1 --amount 19.99 --currency EUR
-run ordctl place-order --json --user 2 --amount 7.50
 run ordctl place-order --count 200 --concurrency 4
 run ordctl worker --exit-when-idle 3
+
+run ordctl order set-status "$first" shipped
+run ordctl worker --exit-when-idle 2
+run ordctl order show "$first"
+run ordctl product list
 run ordctl status
 
 mail_after=$(mail_count)
-printf '\nThe SMTP sink holds %d messages in %s/new (%d from this run). The newest:\n' \
+printf '\nThe SMTP sink holds %d messages in %s/new (%d from this run).\n' \
   "$mail_after" "${maildir#"$ROOT"/}" "$((mail_after - mail_before))"
 if [[ -d $maildir/new ]]; then
+  echo "This run's e-mails (the bulk orders' confirmations cut to 3):"
   # (awk and sed read their whole input, so no writer dies of SIGPIPE.)
-  find "$maildir/new" -type f -printf '%T@ %p\n' | sort -rn |
-    awk 'NR <= 2 { sub(/^[^ ]* /, ""); print }' |
+  find "$maildir/new" -type f -printf '%T@ %p\n' | sort -n |
+    awk -v skip="$mail_before" 'NR > skip { sub(/^[^ ]* /, ""); print }' |
     while read -r message; do
-      printf '\n%s\n' "${message#"$ROOT"/}"
-      # Header lines only: from the top to the first empty line.
-      tr -d '\r' <"$message" | sed -n '1,/^$/p' | grep -iE '^(Subject|To|Message-ID):' |
-        sed 's/^/  /' || true
-    done
+      tr -d '\r' <"$message" | sed -n '1,/^$/p' |
+        awk -F': ' 'tolower($1) == "to" { to = $2 } tolower($1) == "subject" { subject = $2 }
+          END { print "  " subject "  ->  " to }'
+    done | awk '!/ confirmed  -> / || ++confirmed <= 3' || true
 fi
 
 log "done: try 'target/release/ordctl status --json' or 'target/release/ordctl tail-queue';" \

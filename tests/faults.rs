@@ -38,8 +38,10 @@ struct Tally {
 }
 
 /// Counts the emails against the orders, prints the scenario's line, and
-/// asserts every order got its email: nothing lost, nothing foreign.
+/// asserts every order got its email and its one payment: nothing lost,
+/// nothing foreign, nothing charged twice.
 fn tally(scenario: &str, env: &TestEnv, emails: &[Email]) -> Tally {
+    assert_each_order_charged_once(scenario, env);
     let expected: BTreeSet<String> = event_ids(env)
         .into_iter()
         .map(|id| format!("<{id}@ordctl>"))
@@ -80,29 +82,55 @@ fn tally(scenario: &str, env: &TestEnv, emails: &[Email]) -> Tally {
     tally
 }
 
+/// Every order has exactly one payment (the payments consumer ran beside
+/// the emails) and each was charged by exactly one successful delivery.
+fn assert_each_order_charged_once(scenario: &str, env: &TestEnv) {
+    let orders = env.count("orders");
+    wait_until(
+        &format!("{scenario}: a payment for each of {orders} orders"),
+        CATCH_UP,
+        || env.count("payments") >= orders,
+    );
+    let charged_twice = env.scalar(
+        "SELECT count(*) AS n FROM (SELECT event_id FROM delivery_attempts \
+         WHERE consumer = 'payments' AND outcome = 'sent' \
+         GROUP BY event_id HAVING count(*) > 1) twice",
+    );
+    assert_eq!(
+        (env.count("payments"), charged_twice),
+        (orders, 0),
+        "{scenario}: payments"
+    );
+}
+
+/// The events the notifications consumer emails about.
 fn event_ids(env: &TestEnv) -> Vec<String> {
     use diesel::prelude::*;
+    use ordctl::consumers::notifications::SPEC;
     use ordctl::db::schema::outbox;
     let ids: Vec<uuid::Uuid> = outbox::table
+        .filter(outbox::routing_key.eq_any(SPEC.routing_keys))
         .select(outbox::event_id)
         .load(&mut env.db())
         .expect("reading event ids");
     ids.into_iter().map(|id| id.to_string()).collect()
 }
 
-/// Waits until every order has its email, then returns them all.
+/// Waits until every order is charged and every event the notifications
+/// consumer handles (confirmations, cancellations of declined payments) has
+/// its email, then returns them all.
 fn wait_for_all_emails(env: &TestEnv, emails: impl Fn() -> Vec<Email>) -> Vec<Email> {
-    let orders = env.count("orders") as usize;
+    let orders = env.count("orders");
     wait_until(
-        &format!("an email for each of {orders} orders"),
+        &format!("an email for each event of {orders} orders"),
         CATCH_UP,
         || {
-            emails()
+            let sent = emails()
                 .iter()
-                .map(|email| &email.message_id)
+                .map(|email| email.message_id.clone())
                 .collect::<BTreeSet<_>>()
-                .len()
-                >= orders
+                .len();
+            env.count("payments") >= orders && sent >= event_ids(env).len()
         },
     );
     emails()
@@ -155,7 +183,7 @@ fn sigkill_of_the_worker_three_times_while_draining_loses_no_order() {
     // kill: at most one in flight per slot per kill.
     assert!(tally.duplicates <= 3 * 4, "{} duplicates", tally.duplicates);
     assert_eq!(
-        env.scalar("SELECT count(*) AS n FROM notifications WHERE status = 'sent'"),
+        env.scalar("SELECT count(*) AS n FROM notifications WHERE status = 'sent' AND consumer = 'notifications'"),
         2000
     );
 }

@@ -348,16 +348,17 @@ fn trace_follows_a_delivered_order_from_commit_to_sent() {
     assert_eq!(trace["order"]["id"], placed["order_id"]);
     assert_eq!(trace["order"]["amount"], "42.00");
     assert_eq!(trace["event_id"], placed["event_id"]);
-    let steps: Vec<&str> = trace["timeline"]
-        .as_array()
-        .expect("a timeline")
+    // The confirmation's steps; the payments consumer's charge and its
+    // payment.succeeded event are in the timeline too.
+    let confirmation = confirmation_steps(&trace);
+    let steps: Vec<&str> = confirmation
         .iter()
         .map(|step| step["step"].as_str().expect("a step"))
         .collect();
     assert_eq!(steps, ["committed", "published", "sent"]);
-    let published = &trace["timeline"][1];
+    let published = confirmation[1];
     assert!(published["lag_secs"].as_f64().expect("a lag") >= 0.0);
-    let sent = &trace["timeline"][2];
+    let sent = confirmation[2];
     assert_eq!(sent["attempt"], 1);
     assert!(
         sent["smtp_reply"]
@@ -388,7 +389,7 @@ fn trace_of_an_order_to_an_invalid_address_ends_dead_lettered() {
         .ordctl(["trace", &order_id, "--json"])
         .assert_code(0)
         .json();
-    let timeline = trace["timeline"].as_array().expect("a timeline");
+    let timeline = confirmation_steps(&trace);
     let last = timeline.last().expect("steps");
     assert_eq!(last["step"], "dead_lettered", "{trace}");
     assert_eq!(last["attempt"], 1);
@@ -401,6 +402,23 @@ fn trace_of_an_order_to_an_invalid_address_ends_dead_lettered() {
     );
     assert_eq!(trace["state"], "dead_lettered");
     assert_eq!(trace["notification"]["status"], "dead");
+}
+
+/// The trace's steps about the confirmation email: the commit, the
+/// order.created publish and the notifications consumer's attempts.
+fn confirmation_steps(trace: &Value) -> Vec<&Value> {
+    trace["timeline"]
+        .as_array()
+        .expect("a timeline")
+        .iter()
+        .filter(|step| {
+            step.get("consumer")
+                .is_none_or(|consumer| consumer == "notifications")
+                && step
+                    .get("event")
+                    .is_none_or(|event| event == "order.created")
+        })
+        .collect()
 }
 
 #[test]
@@ -445,15 +463,26 @@ fn status_json_has_the_spec_shape_and_counts_dead_letters_by_reason() {
         .find(|q| q["name"] == env.dlq().as_str())
         .unwrap();
     assert_eq!(dlq["ready"], 2);
-    assert_eq!(status["dlq"], 2);
+    // Plus the garbage in the payments consumer's DLQ.
+    assert_eq!(status["dlq"], 3);
     assert_eq!(status["outbox"]["pending"], 0);
     assert!(status["outbox"]["oldest_pending_secs"].is_null());
-    assert_eq!(status["deliveries"]["sent"], 1);
-    assert_eq!(status["deliveries"]["dead"], 1);
+    let notifications = status["consumers"]
+        .as_array()
+        .expect("consumers")
+        .iter()
+        .find(|consumer| consumer["name"] == "notifications")
+        .expect("the notifications consumer");
+    assert_eq!(notifications["deliveries"]["sent"], 1);
+    assert_eq!(notifications["deliveries"]["dead"], 1);
+    // The garbage went to the payments consumer's queue too (it binds
+    // order.created); both valid orders were charged.
+    assert_eq!(status["deliveries"]["sent"], 3);
     let reasons: Vec<(&str, i64)> = status["dead_letters"]
         .as_array()
         .expect("dead letters")
         .iter()
+        .filter(|r| r["consumer"] == "notifications")
         .map(|r| (r["reason"].as_str().unwrap(), r["count"].as_i64().unwrap()))
         .collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");

@@ -194,7 +194,8 @@ fn a_redelivered_event_is_not_emailed_twice() {
         .execute(&mut env.db())
         .unwrap();
     let relayed = env.ordctl(["relay", "--once", "--json"]).assert_code(0);
-    assert_eq!(relayed.json()["published"], 1);
+    // order.created and the payments consumer's payment.succeeded.
+    assert_eq!(relayed.json()["published"], 2);
     env.run_worker(&["--no-relay"]);
 
     assert_eq!(env.emails().len(), 1, "still one email");
@@ -207,12 +208,14 @@ fn a_redelivered_event_is_not_emailed_twice() {
     let mut conn = env.db();
     let (status, attempts): (String, i32) = notifications::table
         .filter(notifications::event_id.eq(event_id))
+        .filter(notifications::consumer.eq("notifications"))
         .select((notifications::status, notifications::attempts))
         .first(&mut conn)
         .unwrap();
     assert_eq!((status.as_str(), attempts), ("sent", 1));
     let outcomes: Vec<String> = delivery_attempts::table
         .filter(delivery_attempts::event_id.eq(event_id))
+        .filter(delivery_attempts::consumer.eq("notifications"))
         .order(delivery_attempts::id)
         .select(delivery_attempts::outcome)
         .load(&mut conn)
@@ -694,11 +697,19 @@ fn status_json_has_the_spec_shape() {
 
     env.run_worker(&[]);
     let status = env.ordctl(["status", "--json"]).assert_code(0).json();
+    // Both orders' confirmations and payments.
     assert_eq!(
         status["deliveries"],
-        serde_json::json!({"sent": 2}),
+        serde_json::json!({"sent": 4}),
         "{status}"
     );
+    let notifications = status["consumers"]
+        .as_array()
+        .expect("consumers")
+        .iter()
+        .find(|consumer| consumer["name"] == "notifications")
+        .expect("the notifications consumer");
+    assert_eq!(notifications["deliveries"], serde_json::json!({"sent": 2}));
     assert_eq!(status["outbox"]["pending"], 0);
     assert!(
         status["outbox"]["oldest_pending_secs"].is_null(),

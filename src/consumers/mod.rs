@@ -5,10 +5,14 @@
 
 pub mod delivery;
 pub mod notifications;
+pub mod payments;
+pub mod staff_alerts;
+
+use std::sync::Arc;
 
 use lettre::message::Mailbox;
 
-use crate::cache::UserCache;
+use crate::cache::{ProductCache, UserCache};
 use crate::db::PgPool;
 use crate::error::InvalidInput;
 use crate::mail::Mailer;
@@ -18,9 +22,15 @@ use crate::messaging::topology::ConsumerSpec;
 /// What handlers are built from: the worker's shared resources and options.
 pub struct Deps {
     pub db: PgPool,
-    pub users: std::sync::Arc<UserCache>,
-    pub mailer: std::sync::Arc<Mailer>,
+    pub users: Arc<UserCache>,
+    pub products: Arc<ProductCache>,
+    pub mailer: Arc<Mailer>,
+    /// Sender of every email.
     pub from: Mailbox,
+    /// Where `staff-alerts` sends low-stock alerts.
+    pub staff: Mailbox,
+    /// The simulated payment gateway's transient failure rate (0–1).
+    pub payment_fail_rate: f64,
 }
 
 /// One registered consumer: what it subscribes to and how to build it.
@@ -30,7 +40,11 @@ pub struct Consumer {
 }
 
 /// Every consumer of the pipeline.
-pub const REGISTRY: &[Consumer] = &[notifications::CONSUMER];
+pub const REGISTRY: &[Consumer] = &[
+    notifications::CONSUMER,
+    payments::CONSUMER,
+    staff_alerts::CONSUMER,
+];
 
 /// The specs of every registered consumer, in registry order.
 pub fn specs() -> Vec<ConsumerSpec> {

@@ -113,6 +113,18 @@ pub struct Payment {
     pub created_at: DateTime<Utc>,
 }
 
+#[derive(Insertable)]
+#[diesel(table_name = payments)]
+pub struct NewPayment<'a> {
+    pub order_id: i64,
+    pub event_id: Uuid,
+    pub status: &'a str,
+    pub amount_minor: i64,
+    pub currency: &'a str,
+    pub reference: &'a str,
+    pub decline_reason: Option<&'a str>,
+}
+
 #[derive(Clone, Debug, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = products, check_for_backend(diesel::pg::Pg))]
 pub struct ProductRow {

@@ -2,8 +2,11 @@
 
 use diesel::prelude::*;
 
-use super::models::Payment;
+use super::models::{NewPayment, Payment};
 use super::schema::payments;
+
+pub const SUCCEEDED: &str = "succeeded";
+pub const DECLINED: &str = "declined";
 
 pub fn for_order(conn: &mut PgConnection, order_id: i64) -> QueryResult<Option<Payment>> {
     payments::table
@@ -11,4 +14,13 @@ pub fn for_order(conn: &mut PgConnection, order_id: i64) -> QueryResult<Option<P
         .select(Payment::as_select())
         .first(conn)
         .optional()
+}
+
+/// Records the order's payment; the unique order id makes a second one for
+/// the same order fail instead of charging twice.
+pub fn insert(conn: &mut PgConnection, payment: &NewPayment<'_>) -> QueryResult<Payment> {
+    diesel::insert_into(payments::table)
+        .values(payment)
+        .returning(Payment::as_returning())
+        .get_result(conn)
 }

@@ -6,12 +6,25 @@ use lettre::Message;
 
 use super::MailError;
 use crate::db::models::User;
-use crate::domain::OrderCreated;
+use uuid::Uuid;
 
-/// The Message-ID for an event: the same event always yields the same one,
-/// so a duplicate send is detectable downstream.
+use crate::domain::{OrderCancelled, OrderCreated, OrderStatusUpdated, StockLow};
+
+/// The Message-ID of the `notifications` consumer's email for an event:
+/// the same event always yields the same one, so a duplicate send is
+/// detectable downstream.
 pub fn message_id(event: &OrderCreated) -> String {
-    format!("<{}@ordctl>", event.event_id)
+    message_id_for(event.event_id, None)
+}
+
+/// A Message-ID per (event, consumer): `<EVENT_ID@ordctl>` for the
+/// customer's emails (`notifications`), `<EVENT_ID.CONSUMER@ordctl>` for
+/// any other consumer's, so two consumers' emails about one event differ.
+pub fn message_id_for(event_id: Uuid, consumer: Option<&str>) -> String {
+    match consumer {
+        None => format!("<{event_id}@ordctl>"),
+        Some(consumer) => format!("<{event_id}.{consumer}@ordctl>"),
+    }
 }
 
 /// Renders the confirmation for `event` to `user`. An address the email
@@ -21,18 +34,6 @@ pub fn confirmation(
     user: &User,
     from: &Mailbox,
 ) -> Result<Message, MailError> {
-    let to: Mailbox = format!(
-        "{} <{}>",
-        user.name.replace(['<', '>', '"'], ""),
-        user.email
-    )
-    .parse()
-    .map_err(|e| {
-        MailError::Permanent(format!(
-            "invalid address {:?} for user {}: {e}",
-            user.email, user.id
-        ))
-    })?;
     let order = &event.order;
     let body = format!(
         "Hello {name},\n\n\
@@ -46,11 +47,114 @@ pub fn confirmation(
         currency = order.currency,
         placed = event.occurred_at.format("%Y-%m-%d %H:%M:%S UTC"),
     );
+    let subject = format!("Order #{} confirmed", order.id);
+    build(from, customer(user)?, subject, message_id(event), body)
+}
+
+/// Renders the cancellation of an order (its payment was declined, or an
+/// admin cancelled it) to its customer.
+pub fn cancellation(
+    event: &OrderCancelled,
+    user: &User,
+    from: &Mailbox,
+) -> Result<Message, MailError> {
+    let order = &event.order;
+    let body = format!(
+        "Hello {name},\n\n\
+         your order #{id} of {amount} {currency} has been cancelled.\n\n\
+         Reason: {reason}\n\n\
+         Nothing has been charged. You are welcome to order again.\n",
+        name = user.name,
+        id = order.id,
+        amount = order.amount,
+        currency = order.currency,
+        reason = event.reason,
+    );
+    let subject = format!("Order #{} cancelled", order.id);
+    let id = message_id_for(event.event_id, None);
+    build(from, customer(user)?, subject, id, body)
+}
+
+/// Renders an admin's status move (`shipped`, `delivered`, …) to the
+/// order's customer.
+pub fn status_update(
+    event: &OrderStatusUpdated,
+    user: &User,
+    from: &Mailbox,
+) -> Result<Message, MailError> {
+    let order = &event.order;
+    let body = format!(
+        "Hello {name},\n\n\
+         your order #{id} of {amount} {currency} is now {to} (it was {from}).\n",
+        name = user.name,
+        id = order.id,
+        amount = order.amount,
+        currency = order.currency,
+        to = event.to,
+        from = event.from,
+    );
+    let subject = format!("Order #{} is {}", order.id, event.to);
+    let id = message_id_for(event.event_id, None);
+    build(from, customer(user)?, subject, id, body)
+}
+
+/// Renders the low-stock alert for staff.
+pub fn staff_alert(
+    event: &StockLow,
+    staff: &Mailbox,
+    from: &Mailbox,
+    consumer: &str,
+) -> Result<Message, MailError> {
+    let product = &event.product;
+    let body = format!(
+        "Product #{id} \"{name}\" is low on stock.\n\n\
+         Stock left: {stock}\n\
+         Threshold:  {threshold}\n\
+         Crossed by: order #{order}\n\n\
+         Restock it with: ordctl product restock {id} --quantity N\n",
+        id = product.id,
+        name = product.name,
+        stock = product.stock,
+        threshold = product.low_stock_threshold,
+        order = event.order_id,
+    );
+    let subject = format!(
+        "Low stock: {} (product #{}, {} left)",
+        product.name, product.id, product.stock
+    );
+    let id = message_id_for(event.event_id, Some(consumer));
+    build(from, staff.clone(), subject, id, body)
+}
+
+/// The customer's mailbox; an address no email can be built with is a
+/// permanent failure.
+fn customer(user: &User) -> Result<Mailbox, MailError> {
+    format!(
+        "{} <{}>",
+        user.name.replace(['<', '>', '"'], ""),
+        user.email
+    )
+    .parse()
+    .map_err(|e| {
+        MailError::Permanent(format!(
+            "invalid address {:?} for user {}: {e}",
+            user.email, user.id
+        ))
+    })
+}
+
+fn build(
+    from: &Mailbox,
+    to: Mailbox,
+    subject: String,
+    message_id: String,
+    body: String,
+) -> Result<Message, MailError> {
     Message::builder()
         .from(from.clone())
         .to(to)
-        .subject(format!("Order #{} confirmed", order.id))
-        .message_id(Some(message_id(event)))
+        .subject(subject)
+        .message_id(Some(message_id))
         .header(ContentType::TEXT_PLAIN)
         .body(body)
         .map_err(|e| MailError::Permanent(format!("building the email: {e}")))
@@ -109,5 +213,66 @@ mod tests {
         let from: Mailbox = "orders@example.com".parse().unwrap();
         let error = confirmation(&event(), &user("not an address"), &from).unwrap_err();
         assert!(matches!(error, MailError::Permanent(_)), "{error:?}");
+    }
+
+    fn sent(email: &Message) -> (String, String) {
+        let stub = StubTransport::new_ok();
+        stub.send(email).unwrap();
+        let (envelope, text) = stub.messages().remove(0);
+        (envelope.to()[0].to_string(), text)
+    }
+
+    #[test]
+    fn cancellation_and_status_emails_name_the_order_and_why() {
+        let from: Mailbox = "orders@example.com".parse().unwrap();
+        let order = event().order;
+        let cancelled =
+            OrderCancelled::new(order.clone(), "payment declined".into(), chrono::Utc::now());
+        let (to, text) =
+            sent(&cancellation(&cancelled, &user("user3@example.com"), &from).unwrap());
+        assert_eq!(to, "user3@example.com");
+        assert!(text.contains("Subject: Order #42 cancelled"), "{text}");
+        assert!(text.contains("Reason: payment declined"), "{text}");
+        assert!(
+            text.contains(&format!("<{}@ordctl>", cancelled.event_id)),
+            "{text}"
+        );
+
+        use crate::domain::OrderStatus;
+        let moved = OrderStatusUpdated::new(
+            order,
+            OrderStatus::Paid,
+            OrderStatus::Shipped,
+            chrono::Utc::now(),
+        );
+        let (_, text) = sent(&status_update(&moved, &user("user3@example.com"), &from).unwrap());
+        assert!(text.contains("Subject: Order #42 is shipped"), "{text}");
+        assert!(text.contains("now shipped (it was paid)"), "{text}");
+    }
+
+    #[test]
+    fn staff_alerts_name_the_product_stock_and_threshold_with_their_own_message_id() {
+        use crate::domain::events::ProductSnapshot;
+        use crate::domain::{OrderId, ProductId};
+        let from: Mailbox = "orders@example.com".parse().unwrap();
+        let staff: Mailbox = "staff@example.com".parse().unwrap();
+        let product = ProductSnapshot {
+            id: ProductId(5),
+            name: "Widget".into(),
+            stock: 4,
+            low_stock_threshold: 5,
+        };
+        let event = StockLow::new(product, OrderId(9), chrono::Utc::now());
+        let (to, text) = sent(&staff_alert(&event, &staff, &from, "staff-alerts").unwrap());
+        assert_eq!(to, "staff@example.com");
+        assert!(
+            text.contains("Subject: Low stock: Widget (product #5, 4 left)"),
+            "{text}"
+        );
+        assert!(text.contains("Threshold:  5"), "{text}");
+        assert!(
+            text.contains(&format!("<{}.staff-alerts@ordctl>", event.event_id)),
+            "{text}"
+        );
     }
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use lettre::message::Mailbox;
 
 use super::relay;
-use crate::cache::UserCache;
+use crate::cache::{ProductCache, UserCache};
 use crate::config::Settings;
 use crate::consumers::{Consumer, Deps};
 use crate::db;
@@ -22,6 +23,10 @@ use crate::shutdown::Shutdown;
 pub struct WorkerOptions {
     /// Per consumer: each runs this many slots.
     pub consumer: RunOptions,
+    /// Where `staff-alerts` sends low-stock alerts.
+    pub staff: Mailbox,
+    /// The simulated payment gateway's transient failure rate (0–1).
+    pub payment_fail_rate: f64,
     pub relay: bool,
     pub exit_when_idle: Option<Duration>,
 }
@@ -44,11 +49,18 @@ pub fn run(
             settings.namespace.clone(),
             slots,
         )?),
+        products: Arc::new(ProductCache::new(
+            &settings.redis_url,
+            settings.namespace.clone(),
+            slots,
+        )?),
         mailer: Arc::new(
             Mailer::new(settings.smtp.as_ref(), &settings.mail_dir, slots)
                 .context("setting up the mailer")?,
         ),
         from: settings.mail_from.clone(),
+        staff: options.staff.clone(),
+        payment_fail_rate: options.payment_fail_rate,
     };
     let handlers: Vec<_> = consumers
         .iter()

@@ -605,9 +605,12 @@ impl Email {
         let encoding = headers
             .get("content-transfer-encoding")
             .map_or("7bit", String::as_str);
+        let quoted_printable = encoding.eq_ignore_ascii_case("quoted-printable");
         assert!(
-            encoding.eq_ignore_ascii_case("7bit") || encoding.eq_ignore_ascii_case("8bit"),
-            "the harness reads only 7bit/8bit bodies, got {encoding}:\n{raw}"
+            quoted_printable
+                || encoding.eq_ignore_ascii_case("7bit")
+                || encoding.eq_ignore_ascii_case("8bit"),
+            "the harness reads only 7bit/8bit/quoted-printable bodies, got {encoding}:\n{raw}"
         );
         let header = |name: &str| headers.get(name).cloned().unwrap_or_default();
         let to = header("to");
@@ -619,10 +622,37 @@ impl Email {
             message_id: header("message-id"),
             to,
             subject: header("subject"),
-            body: body.to_string(),
+            body: if quoted_printable {
+                decode_quoted_printable(body)
+            } else {
+                body.to_string()
+            },
             headers,
         }
     }
+}
+
+/// Decodes a quoted-printable body (RFC 2045): soft line breaks and `=XX`.
+fn decode_quoted_printable(body: &str) -> String {
+    let joined = body.replace("=\n", "");
+    let mut bytes = Vec::with_capacity(joined.len());
+    let mut rest = joined.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        let hex = tail
+            .get(..2)
+            .and_then(|pair| std::str::from_utf8(pair).ok());
+        match hex.and_then(|pair| u8::from_str_radix(pair, 16).ok()) {
+            Some(decoded) if byte == b'=' => {
+                bytes.push(decoded);
+                rest = &tail[2..];
+            }
+            _ => {
+                bytes.push(byte);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// A free loopback TCP port (another process may take it before it is used).

@@ -29,6 +29,17 @@ pub struct Args {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: u32,
 
+    /// Where the staff-alerts consumer sends low-stock alerts.
+    #[arg(long, env = "STAFF_EMAIL", default_value = "staff@example.com")]
+    staff_email: String,
+
+    /// SIMULATED payment gateway: fail each charge transiently with this
+    /// probability (0 to 1), retried like any transient failure. (The
+    /// simulated gateway always declines amounts whose cents are 13, e.g.
+    /// 10.13.)
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = fail_rate)]
+    payment_fail_rate: f64,
+
     /// Do not run the outbox relay in this process.
     #[arg(long)]
     no_relay: bool,
@@ -54,6 +65,13 @@ impl Args {
                 concurrency: self.concurrency,
                 max_attempts: self.max_attempts,
             },
+            staff: self.staff_email.parse().map_err(|e| {
+                ordctl::error::InvalidInput::new(format!(
+                    "invalid --staff-email {:?}: {e}",
+                    self.staff_email
+                ))
+            })?,
+            payment_fail_rate: self.payment_fail_rate,
             relay: !self.no_relay,
             exit_when_idle,
         };
@@ -65,5 +83,12 @@ impl Args {
             &options,
             shutdown,
         )
+    }
+}
+
+fn fail_rate(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("{raw:?} is not a probability from 0 to 1")),
     }
 }

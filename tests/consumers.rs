@@ -1,0 +1,276 @@
+//! The consumers beside the confirmation email — payments with its
+//! compensation, staff alerts, cancellation and status emails — and the
+//! registry that the worker, status and replay-dlq read. Real services, one
+//! database and namespace per test (see `common`).
+
+mod common;
+
+use common::TestEnv;
+use ordctl::messaging::publisher::Publisher;
+use ordctl::messaging::Outgoing;
+use serde_json::Value;
+
+/// `ordctl product add … --json`; returns the product's id.
+fn add_product(env: &TestEnv, name: &str, price: &str, stock: u32) -> i64 {
+    let stock = stock.to_string();
+    let args = [
+        "product", "add", "--name", name, "--price", price, "--stock", &stock, "--json",
+    ];
+    env.ordctl(args).assert_code(0).json()["id"]
+        .as_i64()
+        .expect("a product id")
+}
+
+/// `ordctl place-order --user 3 --item ITEM --json`; returns the order id.
+fn order_items(env: &TestEnv, items: &[&str]) -> i64 {
+    let mut args = vec!["place-order", "--user", "3", "--json"];
+    for item in items {
+        args.extend(["--item", item]);
+    }
+    env.ordctl(args).assert_code(0).json()["order_id"]
+        .as_i64()
+        .expect("an order id")
+}
+
+fn stock(env: &TestEnv, product: i64) -> i64 {
+    env.scalar(&format!(
+        "SELECT stock::bigint AS n FROM products WHERE id = {product}"
+    ))
+}
+
+fn order_status(env: &TestEnv, order: i64) -> String {
+    env.ordctl(["order", "show", &order.to_string(), "--json"])
+        .assert_code(0)
+        .json()["status"]
+        .as_str()
+        .expect("a status")
+        .to_string()
+}
+
+fn events_of(env: &TestEnv, order: i64) -> Vec<String> {
+    use diesel::prelude::*;
+    use ordctl::db::schema::outbox;
+    outbox::table
+        .filter(outbox::order_id.eq(order))
+        .order(outbox::id)
+        .select(outbox::routing_key)
+        .load(&mut env.db())
+        .expect("reading the outbox")
+}
+
+fn subjects(env: &TestEnv) -> Vec<String> {
+    let mut subjects: Vec<String> = env.emails().into_iter().map(|e| e.subject).collect();
+    subjects.sort();
+    subjects
+}
+
+#[test]
+fn a_paid_order_gets_one_payment_one_event_and_its_confirmation() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let order = env.place_order(3, "42", &[])["order_id"].as_i64().unwrap();
+    env.run_worker(&[]);
+
+    assert_eq!(order_status(&env, order), "paid");
+    assert_eq!(
+        env.scalar(
+            "SELECT count(*) AS n FROM payments WHERE status = 'succeeded' AND amount_minor = 4200"
+        ),
+        1
+    );
+    assert_eq!(
+        events_of(&env, order),
+        ["order.created", "payment.succeeded"]
+    );
+    assert_eq!(subjects(&env), [format!("Order #{order} confirmed")]);
+    let shown = env
+        .ordctl(["order", "show", &order.to_string(), "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(shown["payment"]["status"], "succeeded", "{shown}");
+}
+
+#[test]
+fn a_declined_payment_cancels_the_order_releases_its_stock_and_charges_once_under_redelivery() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    // The simulated gateway declines every amount whose cents are 13.
+    let product = add_product(&env, "Declined Widget", "10.13", 5);
+    let order = order_items(&env, &[&format!("{product}")]);
+    assert_eq!(stock(&env, product), 4);
+    env.run_worker(&[]);
+
+    assert_eq!(order_status(&env, order), "cancelled");
+    assert_eq!(stock(&env, product), 5, "the stock came back");
+    assert_eq!(
+        events_of(&env, order),
+        ["order.created", "payment.declined", "order.cancelled"]
+    );
+    assert_eq!(
+        subjects(&env),
+        [
+            format!("Order #{order} cancelled"),
+            format!("Order #{order} confirmed")
+        ]
+    );
+    let cancellation = env
+        .emails()
+        .into_iter()
+        .find(|email| email.subject.ends_with("cancelled"))
+        .unwrap();
+    assert!(
+        cancellation.body.contains("payment declined"),
+        "{}",
+        cancellation.body
+    );
+
+    // Every event delivered again (the relay republishes unmarked rows):
+    // nothing is charged, released or emailed twice.
+    env.scalar(
+        "WITH r AS (UPDATE outbox SET published_at = NULL RETURNING 1) SELECT count(*) AS n FROM r",
+    );
+    env.run_worker(&[]);
+    assert_eq!(env.count("payments"), 1);
+    assert_eq!(stock(&env, product), 5);
+    assert_eq!(env.emails().len(), 2);
+    assert!(
+        env.scalar("SELECT count(*) AS n FROM delivery_attempts WHERE consumer = 'payments' AND outcome = 'duplicate'") >= 1
+    );
+}
+
+#[test]
+fn crossing_the_low_stock_threshold_emails_staff_once_per_crossing() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    // Stock 10: the threshold defaults to half of it, 5.
+    let product = add_product(&env, "Gadget", "2.50", 10);
+    order_items(&env, &[&format!("{product}x3")]); // 10 → 7
+    order_items(&env, &[&format!("{product}x3")]); // 7 → 4: crosses
+    order_items(&env, &[&format!("{product}")]); // 4 → 3: already below
+    let staff = ["--staff-email", "ops@example.com"];
+    env.run_worker(&staff);
+
+    let alerts = || -> Vec<common::Email> {
+        env.emails()
+            .into_iter()
+            .filter(|email| email.to == "ops@example.com")
+            .collect()
+    };
+    let first = alerts();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].subject.contains("Low stock: Gadget"),
+        "{}",
+        first[0].subject
+    );
+    assert!(first[0].body.contains("Stock left: 4"), "{}", first[0].body);
+    assert!(first[0].message_id.ends_with(".staff-alerts@ordctl>"));
+
+    // A restock above the threshold re-arms the alert.
+    let id = product.to_string();
+    env.ordctl(["product", "restock", &id, "--quantity", "10"])
+        .assert_code(0); // 13, threshold 6
+    order_items(&env, &[&format!("{product}x8")]); // 13 → 5: crosses again
+    env.run_worker(&staff);
+    assert_eq!(alerts().len(), 2);
+    assert_eq!(
+        env.scalar("SELECT count(*) AS n FROM outbox WHERE routing_key = 'stock.low'"),
+        2
+    );
+}
+
+#[test]
+fn an_admins_status_moves_email_the_customer() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let order = env.place_order(3, "42", &[])["order_id"].as_i64().unwrap();
+    env.run_worker(&[]);
+    let id = order.to_string();
+    env.ordctl(["order", "set-status", &id, "shipped"])
+        .assert_code(0);
+    env.ordctl(["order", "set-status", &id, "delivered"])
+        .assert_code(0);
+    env.run_worker(&[]);
+    assert_eq!(
+        subjects(&env),
+        [
+            format!("Order #{order} confirmed"),
+            format!("Order #{order} is delivered"),
+            format!("Order #{order} is shipped"),
+        ]
+    );
+}
+
+#[test]
+fn a_poison_message_is_dead_lettered_on_each_consumers_queue_with_its_reason() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let mut publisher =
+        Publisher::connect(&env.settings.amqp_url, &env.topology()).expect("connecting");
+    for (key, id) in [("order.created", "poison-1"), ("stock.low", "poison-2")] {
+        let junk = Outgoing::new(key, id, b"{\"not\": \"an event\"}".to_vec());
+        publisher.publish_events(&[junk]).expect("publishing");
+    }
+    publisher.close();
+    env.run_worker(&[]);
+
+    let status = env.ordctl(["status", "--json"]).assert_code(0).json();
+    let consumers: Vec<(&str, u64)> = status["consumers"]
+        .as_array()
+        .expect("consumers")
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["dlq"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        consumers,
+        [("notifications", 1), ("payments", 1), ("staff-alerts", 1)],
+        "{status}"
+    );
+    assert_eq!(status["dlq"], 3);
+    let reasons: Vec<&Value> = status["dead_letters"].as_array().unwrap().iter().collect();
+    assert_eq!(reasons.len(), 3, "{status}");
+    assert!(reasons
+        .iter()
+        .all(|r| r["reason"].as_str().unwrap().contains("not a valid event")));
+
+    let listed = env
+        .ordctl([
+            "replay-dlq",
+            "--consumer",
+            "payments",
+            "--dry-run",
+            "--json",
+        ])
+        .assert_code(0)
+        .json();
+    let messages = listed["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 1, "{listed}");
+    assert_eq!(messages[0]["consumer"], "payments");
+    assert_eq!(messages[0]["message_id"], "poison-1");
+    env.ordctl(["replay-dlq", "--consumer", "nope"])
+        .assert_code(2);
+}
+
+#[test]
+fn worker_consumers_runs_only_the_named_ones() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let order = env.place_order(3, "42", &[])["order_id"].as_i64().unwrap();
+    env.run_worker(&["--consumers", "payments"]);
+    assert_eq!(order_status(&env, order), "paid");
+    assert!(env.emails().is_empty(), "only payments ran");
+    assert_eq!(
+        env.queue_depth(&env.work_queue()),
+        1,
+        "the confirmation still waits"
+    );
+
+    let refused = env
+        .ordctl(["worker", "--consumers", "payments,nope"])
+        .assert_code(2);
+    assert!(
+        refused.stderr.contains("unknown consumer \"nope\""),
+        "{}",
+        refused.stderr
+    );
+}
