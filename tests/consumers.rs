@@ -274,3 +274,44 @@ fn worker_consumers_runs_only_the_named_ones() {
         refused.stderr
     );
 }
+
+#[test]
+fn a_dead_lettered_payment_is_charged_once_when_replayed() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let order = env.place_order(3, "42", &[])["order_id"].as_i64().unwrap();
+    // The simulated gateway fails every charge: one attempt, then the DLQ.
+    let failing = ["--payment-fail-rate", "1", "--max-attempts", "1"];
+    env.run_worker(&failing);
+    assert_eq!(order_status(&env, order), "pending");
+    assert_eq!(env.count("payments"), 0);
+    let dead = env
+        .ordctl([
+            "replay-dlq",
+            "--consumer",
+            "payments",
+            "--dry-run",
+            "--json",
+        ])
+        .assert_code(0)
+        .json();
+    let messages = dead["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 1, "{dead}");
+    assert!(
+        messages[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("simulated"),
+        "{dead}"
+    );
+
+    // Replayed twice over (the second run finds nothing): one charge.
+    for _ in 0..2 {
+        env.ordctl(["replay-dlq", "--consumer", "payments"])
+            .assert_code(0);
+        env.run_worker(&[]);
+    }
+    assert_eq!(order_status(&env, order), "paid");
+    assert_eq!(env.count("payments"), 1);
+    assert_eq!(env.emails().len(), 1, "one confirmation");
+}
