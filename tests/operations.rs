@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{wait_until, TestEnv};
 
@@ -144,4 +144,50 @@ fn queue_exists(env: &TestEnv, queue: &str) -> bool {
     let exists = channel.queue_declare_passive(queue).is_ok();
     let _ = connection.close();
     exists
+}
+
+#[test]
+fn a_dry_run_then_a_replay_of_5000_dead_letters_moves_all_of_them_in_seconds() {
+    use ordctl::messaging::{Confirms, Outgoing};
+    const JUNK: usize = 5_000;
+    let env = TestEnv::new();
+    env.ordctl(["migrate"]).assert_code(0);
+    // A foreign service published junk that ended up dead-lettered.
+    let mut connection = ordctl::messaging::connect(&env.settings.amqp_url).unwrap();
+    let channel = connection.open_channel(None).unwrap();
+    env.topology().declare(&channel).unwrap();
+    let mut confirms = Confirms::enable(&channel).unwrap();
+    let junk: Vec<Outgoing> = (0..JUNK)
+        .map(|n| {
+            Outgoing::new(
+                env.dlq(),
+                format!("junk-{n}"),
+                format!("junk {n}").into_bytes(),
+            )
+        })
+        .collect();
+    for window in junk.chunks(500) {
+        confirms.publish(&channel, "", window).unwrap();
+    }
+    let _ = connection.close();
+    assert_eq!(env.queue_depth(&env.dlq()) as usize, JUNK);
+
+    let dry = env
+        .ordctl(["replay-dlq", "--dry-run", "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(dry["messages"].as_array().unwrap().len(), JUNK);
+    assert_eq!(dry["replayed"], 0);
+    assert_eq!(dry["remaining"], JUNK);
+
+    // Right after: the dry run left the queue as it found it.
+    let started = Instant::now();
+    let replayed = env.ordctl(["replay-dlq", "--json"]).assert_code(0).json();
+    let took = started.elapsed();
+    assert_eq!(replayed["replayed"], JUNK);
+    assert_eq!(replayed["remaining"], 0);
+    assert_eq!(env.queue_depth(&env.dlq()), 0);
+    assert_eq!(env.queue_depth(&env.work_queue()) as usize, JUNK);
+    eprintln!("replay-dlq moved {JUNK} dead letters in {took:?}");
+    assert!(took < Duration::from_secs(30), "replay took {took:?}");
 }

@@ -46,6 +46,13 @@ pub fn record(conn: &mut PgConnection, attempt: &NewAttempt<'_>) -> QueryResult<
         .execute(conn)
 }
 
+/// Records many attempts in one statement.
+pub fn record_many(conn: &mut PgConnection, attempts: &[NewAttempt<'_>]) -> QueryResult<usize> {
+    diesel::insert_into(delivery_attempts::table)
+        .values(attempts)
+        .execute(conn)
+}
+
 /// An order's attempts, oldest first.
 pub fn for_order(conn: &mut PgConnection, order_id: i64) -> QueryResult<Vec<Attempt>> {
     delivery_attempts::table

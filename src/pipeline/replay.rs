@@ -1,14 +1,21 @@
 //! `ordctl replay-dlq`: moves dead letters back to their work queue with the
 //! attempt count reset and a replay counter stamped. A message leaves the
 //! DLQ only after its republish was confirmed (it is fetched unacked, so a
-//! crash mid-run requeues it), and a run moves at most what the DLQ held
-//! when it started, so a message that fails again is not looped.
+//! crash mid-run requeues it). Republishes go out in windows under one
+//! confirm wait each, so a backlog of thousands moves in seconds.
+//!
+//! Each message moved is stamped with the run's id: one that fails again
+//! and comes back while the run is still going is recognised and left
+//! alone, so a run never loops, without counting the queue at the start.
 
-use amiquip::{AmqpValue, FieldTable, Get};
+use std::time::{Duration, Instant};
+
+use amiquip::{AmqpValue, Channel, FieldTable, Get};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::PgConnection;
 use serde::Serialize;
+use uuid::Uuid;
 
 use crate::db::delivery_attempts::{self, NewAttempt};
 use crate::db::orders;
@@ -16,7 +23,7 @@ use crate::domain::events::Event;
 use crate::error::InvalidInput;
 use crate::messaging::consumer::headers;
 use crate::messaging::topology::Topology;
-use crate::messaging::{self, header_int, header_str, Confirms, Outgoing};
+use crate::messaging::{self, header_int, header_str, Confirms, Link, Outgoing};
 
 #[derive(Clone, Debug, Default)]
 pub struct ReplayOptions {
@@ -48,15 +55,22 @@ pub struct DeadLetter {
 #[derive(Clone, Debug, Serialize)]
 pub struct ReplayReport {
     pub replayed: u64,
-    /// Of the dead letters there when the run started, how many are left.
+    /// What the dead-letter queues hold when the run ends.
     pub remaining: u64,
     pub dry_run: bool,
     /// What was moved (or, with `--dry-run`, would be).
     pub messages: Vec<DeadLetter>,
 }
 
+/// Header stamped on every message a run moves: the run's id.
+pub const RUN_HEADER: &str = "x-ordctl-replay-run";
+/// Republishes per publisher-confirm wait.
+const WINDOW: usize = 100;
+/// How long returned messages may take to be ready in the DLQ again.
+const SETTLE: Duration = Duration::from_secs(30);
+
 /// Replays dead letters of every consumer in `topology`. `progress` is
-/// called once per message looked at.
+/// called once per message looked at, with an estimate of the total.
 pub fn replay(
     conn: &mut PgConnection,
     amqp_url: &url::Url,
@@ -69,75 +83,199 @@ pub fn replay(
             return Err(InvalidInput::new(format!("unknown order {order_id}")).into());
         }
     }
-    let mut connection = messaging::connect(amqp_url)?;
-    let channel = connection.open_channel(None)?;
-    topology.declare(&channel)?;
-    let mut confirms = Confirms::enable(&channel)?;
+    let mut link = Link::open(amqp_url)?;
+    let channel = link.open_channel()?;
+    let result = replay_on(conn, &mut link, &channel, topology, options, progress);
+    // Whatever happened: a close that never hangs (the broker may block
+    // us), and anything still unacked goes back to the DLQ.
+    link.close(Some(channel));
+    result
+}
 
-    let mut report = ReplayReport {
-        replayed: 0,
-        remaining: 0,
-        dry_run: options.dry_run,
-        messages: Vec::new(),
+fn replay_on(
+    conn: &mut PgConnection,
+    link: &mut Link,
+    channel: &Channel,
+    topology: &Topology,
+    options: &ReplayOptions,
+    progress: &dyn Fn(u64, u64),
+) -> anyhow::Result<ReplayReport> {
+    topology.declare(channel)?;
+    let mut run = Run {
+        id: Uuid::new_v4().to_string(),
+        confirms: Confirms::enable(channel)?,
+        channel,
+        link,
+        conn,
+        options,
+        report: ReplayReport {
+            replayed: 0,
+            remaining: 0,
+            dry_run: options.dry_run,
+            messages: Vec::new(),
+        },
+        looked_at: 0,
     };
-    let wanted_consumers = topology.consumers.iter().filter(|consumer| {
-        options
-            .consumer
-            .as_deref()
-            .is_none_or(|name| name == consumer.name)
-    });
-    for consumer in wanted_consumers {
-        let dlq = topology.dlq(consumer.name);
-        let work_queue = topology.queue(consumer.name);
-        let (at_start, _) = messaging::queue_counts(&channel, &dlq)?;
+    let wanted_consumers: Vec<&str> = topology
+        .consumers
+        .iter()
+        .map(|consumer| consumer.name)
+        .filter(|name| {
+            options
+                .consumer
+                .as_deref()
+                .is_none_or(|wanted| wanted == *name)
+        })
+        .collect();
+    for consumer in &wanted_consumers {
+        run.consumer(
+            consumer,
+            &topology.dlq(consumer),
+            &topology.queue(consumer),
+            progress,
+        )?;
+    }
+    // Asked, not computed: what the DLQs hold now that the run is over.
+    let mut remaining = 0;
+    for consumer in &wanted_consumers {
+        remaining += messaging::queue_counts(channel, &topology.dlq(consumer))?.0;
+    }
+    let mut report = run.report;
+    report.remaining = remaining;
+    Ok(report)
+}
+
+/// One replay run's state.
+struct Run<'a> {
+    id: String,
+    confirms: Confirms,
+    channel: &'a Channel,
+    link: &'a mut Link,
+    conn: &'a mut PgConnection,
+    options: &'a ReplayOptions,
+    report: ReplayReport,
+    looked_at: u64,
+}
+
+impl Run<'_> {
+    /// Moves (or lists) one consumer's dead letters.
+    fn consumer(
+        &mut self,
+        consumer: &str,
+        dlq: &str,
+        work_queue: &str,
+        progress: &dyn Fn(u64, u64),
+    ) -> anyhow::Result<()> {
         // Kept messages stay unacked until the end so they are not fetched
         // twice; then they go back to the DLQ where they were.
         let mut kept: Vec<Get> = Vec::new();
-        let replayed_before = report.replayed;
-        for looked_at in 1..=at_start {
+        let mut window: Vec<(Get, DeadLetter)> = Vec::with_capacity(WINDOW);
+        let mut listed = 0u64;
+        let result = loop {
             // `messages` holds what moved, or with --dry-run what would.
-            if options
-                .limit
-                .is_some_and(|limit| report.messages.len() as u64 >= limit)
-            {
-                break;
+            if self.options.limit.is_some_and(|limit| listed >= limit) {
+                break Ok(());
             }
-            let Some(get) = channel
-                .basic_get(dlq.as_str(), false)
-                .context("reading the DLQ")?
-            else {
-                break;
+            let get = match self.channel.basic_get(dlq, false) {
+                Ok(Some(get)) => get,
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(anyhow::Error::from(error).context("reading the DLQ")),
             };
-            progress(looked_at, at_start);
-            let letter = describe(&get, consumer.name, &dlq);
-            let wanted = options
+            let headers = get.delivery.properties.headers().as_ref();
+            if header_str(headers, RUN_HEADER) == Some(self.id.as_str()) {
+                // Moved by this very run and dead again: everything older
+                // has been looked at.
+                kept.push(get);
+                break Ok(());
+            }
+            self.looked_at += 1;
+            progress(
+                self.looked_at,
+                self.looked_at + u64::from(get.message_count),
+            );
+            let letter = describe(&get, consumer, dlq);
+            let wanted = self
+                .options
                 .order_id
                 .is_none_or(|id| letter.order_id == Some(id));
-            if !wanted || options.dry_run {
+            if wanted {
+                listed += 1;
+            }
+            if !wanted || self.options.dry_run {
                 if wanted {
-                    report.messages.push(letter);
+                    self.report.messages.push(letter);
                 }
                 kept.push(get);
                 continue;
             }
-            confirms.publish(&channel, "", &[replayed_copy(&get, &work_queue)])?;
-            record_replay(conn, &get, &letter);
-            get.ack(&channel)
-                .context("removing the replayed message from the DLQ")?;
-            report.replayed += 1;
-            report.messages.push(letter);
+            window.push((get, letter));
+            if window.len() >= WINDOW {
+                if let Err(error) = self.flush(&mut window, work_queue) {
+                    break Err(error);
+                }
+            }
+        };
+        result?;
+        self.flush(&mut window, work_queue)?;
+        self.give_back(kept, dlq)
+    }
+
+    /// Republishes the window under one confirm wait, records the replays,
+    /// then removes the originals from the DLQ.
+    fn flush(
+        &mut self,
+        window: &mut Vec<(Get, DeadLetter)>,
+        work_queue: &str,
+    ) -> anyhow::Result<()> {
+        if window.is_empty() {
+            return Ok(());
         }
+        let copies: Vec<Outgoing> = window
+            .iter()
+            .map(|(get, _)| replayed_copy(get, work_queue, &self.id))
+            .collect();
+        self.confirms
+            .publish_watching(self.channel, self.link, "", &copies)
+            .context("republishing dead letters")?;
+        record_replays(self.conn, window);
+        for (get, letter) in window.drain(..) {
+            get.ack(self.channel)
+                .context("removing a replayed message from the DLQ")?;
+            self.report.replayed += 1;
+            self.report.messages.push(letter);
+        }
+        Ok(())
+    }
+
+    /// Returns kept messages to the DLQ and waits until the broker has them
+    /// ready again, so the next command (a replay right after a dry run)
+    /// finds the queue as this one found it.
+    fn give_back(&mut self, kept: Vec<Get>, dlq: &str) -> anyhow::Result<()> {
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let (ready_before, _) = messaging::queue_counts(self.channel, dlq)?;
+        let returned = kept.len() as u64;
         for get in kept {
-            get.nack(&channel, true)
+            get.nack(self.channel, true)
                 .context("returning a kept message to the DLQ")?;
         }
-        // Counted, not asked: the broker requeues nacked messages
-        // asynchronously, so a passive declare now could undercount.
-        report.remaining += at_start - (report.replayed - replayed_before);
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let (ready, _) = messaging::queue_counts(self.channel, dlq)?;
+            if ready >= ready_before + returned {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(
+                    "{dlq}: {} of {returned} returned messages not ready after {SETTLE:?}",
+                    ready_before + returned - ready
+                );
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
-    let _ = channel.close();
-    let _ = connection.close();
-    Ok(report)
 }
 
 fn describe(get: &Get, consumer: &str, queue: &str) -> DeadLetter {
@@ -164,7 +302,7 @@ fn describe(get: &Get, consumer: &str, queue: &str) -> DeadLetter {
 
 /// The message as it goes back: same body and properties, attempts reset,
 /// replay counter incremented, failure history kept for `trace`.
-fn replayed_copy(get: &Get, work_queue: &str) -> Outgoing {
+fn replayed_copy(get: &Get, work_queue: &str, run_id: &str) -> Outgoing {
     let properties = &get.delivery.properties;
     let mut found: FieldTable = properties.headers().clone().unwrap_or_default();
     let replays = header_int(Some(&found), headers::REPLAYS).unwrap_or(0) + 1;
@@ -172,6 +310,10 @@ fn replayed_copy(get: &Get, work_queue: &str) -> Outgoing {
     found.insert(
         headers::REPLAYS.to_string(),
         AmqpValue::LongLongInt(replays),
+    );
+    found.insert(
+        RUN_HEADER.to_string(),
+        AmqpValue::LongString(run_id.to_string()),
     );
     let mut message = Outgoing::new(
         work_queue,
@@ -185,22 +327,32 @@ fn replayed_copy(get: &Get, work_queue: &str) -> Outgoing {
     message
 }
 
-/// Writes the replay into the order's history; the move itself already
-/// happened, so a failure here is only logged.
-fn record_replay(conn: &mut PgConnection, get: &Get, letter: &DeadLetter) {
-    let Ok(event) = Event::from_json(&get.delivery.body) else {
+/// Writes the replays into their orders' history, one insert per window;
+/// the move itself already happened, so a failure here is only logged.
+fn record_replays(conn: &mut PgConnection, window: &[(Get, DeadLetter)]) {
+    let events: Vec<(Event, &DeadLetter)> = window
+        .iter()
+        .filter_map(|(get, letter)| Some((Event::from_json(&get.delivery.body).ok()?, letter)))
+        .collect();
+    let attempts: Vec<NewAttempt<'_>> = events
+        .iter()
+        .map(|(event, letter)| NewAttempt {
+            event_id: event.event_id(),
+            consumer: &letter.consumer,
+            order_id: event.order_id().0,
+            attempt: letter.attempts as i32,
+            outcome: delivery_attempts::REPLAYED,
+            error: letter.reason.as_deref(),
+            smtp_reply: None,
+        })
+        .collect();
+    if attempts.is_empty() {
         return;
-    };
-    let attempt = NewAttempt {
-        event_id: event.event_id(),
-        consumer: &letter.consumer,
-        order_id: event.order_id().0,
-        attempt: letter.attempts as i32,
-        outcome: delivery_attempts::REPLAYED,
-        error: letter.reason.as_deref(),
-        smtp_reply: None,
-    };
-    if let Err(error) = delivery_attempts::record(conn, &attempt) {
-        tracing::warn!(event_id = %event.event_id(), order_id = event.order_id().0, "recording the replay: {error}");
+    }
+    if let Err(error) = delivery_attempts::record_many(conn, &attempts) {
+        tracing::warn!(
+            "recording {} replays in the orders' history: {error}",
+            attempts.len()
+        );
     }
 }
