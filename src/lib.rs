@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod consumers;
 pub mod db;
+pub mod doctor;
 pub mod domain;
 pub mod error;
 pub mod fanout;

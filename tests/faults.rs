@@ -270,6 +270,27 @@ fn a_memory_alarm_never_hangs_a_command_and_the_order_is_emailed_once_it_clears(
         "{}",
         placed.stderr
     );
+    // status and doctor say so, and return promptly.
+    let started = Instant::now();
+    let status = env
+        .ordctl_with_env(["status", "--json"], &amqp)
+        .assert_code(0)
+        .json();
+    assert_eq!(
+        status["broker_blocked"], "broker is blocking publishers (memory alarm)",
+        "{status:#}"
+    );
+    let doctor = env.ordctl_with_env(["doctor"], &amqp).assert_code(1);
+    assert!(
+        doctor
+            .stdout
+            .lines()
+            .any(|line| line.starts_with("✗ rabbitmq: ")
+                && line.contains("broker is blocking publishers (memory alarm)")),
+        "{}",
+        doctor.stdout
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
     // The relays meet the block too; a signal still stops them at once.
     std::thread::sleep(Duration::from_secs(2));
     relay.terminate();
@@ -283,6 +304,11 @@ fn a_memory_alarm_never_hangs_a_command_and_the_order_is_emailed_once_it_clears(
     // Time for a duplicate to show up, if there were one.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(env.emails().len(), 2, "{emails:?}");
+    let status = env
+        .ordctl_with_env(["status", "--json"], &amqp)
+        .assert_code(0)
+        .json();
+    assert_eq!(status["broker_blocked"], serde_json::Value::Null);
     worker.terminate();
     let worker = worker.wait().assert_code(0);
     let said = worker

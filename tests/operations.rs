@@ -191,3 +191,138 @@ fn a_dry_run_then_a_replay_of_5000_dead_letters_moves_all_of_them_in_seconds() {
     eprintln!("replay-dlq moved {JUNK} dead letters in {took:?}");
     assert!(took < Duration::from_secs(30), "replay took {took:?}");
 }
+
+/// An SMTP server that requires AUTH: user `ordctl`, password `right`
+/// (aiosmtpd with an authenticator, no TLS needed for the test).
+struct AuthSmtp {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl AuthSmtp {
+    const SCRIPT: &'static str = r#"
+import sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+
+class Sink:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+
+def authenticate(server, session, envelope, mechanism, auth_data):
+    ok = auth_data.login == b"ordctl" and auth_data.password == b"right"
+    return AuthResult(success=ok, handled=False)
+
+Controller(Sink(), hostname="127.0.0.1", port=int(sys.argv[1]),
+           authenticator=authenticate, auth_require_tls=False).start()
+while True:
+    time.sleep(3600)
+"#;
+
+    fn start() -> Self {
+        let port = common::free_port();
+        let child = Command::new("/usr/bin/python3")
+            .args(["-c", Self::SCRIPT, &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting aiosmtpd");
+        wait_until("the AUTH SMTP server", Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self { child, port }
+    }
+
+    fn url(&self, password: &str) -> String {
+        format!("smtp://ordctl:{password}@127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for AuthSmtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn doctor_passes_on_a_ready_setup_and_a_wrong_smtp_password_fails_it_and_the_worker_in_one_line() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let smtp = AuthSmtp::start();
+    let right = smtp.url("right");
+    let report = env
+        .ordctl(["doctor", "--json", "--smtp-url", &right])
+        .assert_code(0)
+        .json();
+    assert_eq!(report["ok"], true, "{report:#}");
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|check| check["name"].as_str().unwrap())
+        .collect();
+    for name in ["postgresql", "rabbitmq", "queues", "redis", "smtp"] {
+        assert!(names.contains(&name), "no {name} check in {names:?}");
+    }
+
+    let wrong = smtp.url("wrong");
+    let run = env.ordctl(["doctor", "--smtp-url", &wrong]).assert_code(1);
+    let failed: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|line| line.starts_with('✗'))
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", run.stdout);
+    assert!(failed[0].starts_with("✗ smtp: "), "{}", failed[0]);
+    assert!(failed[0].contains("535"), "{}", failed[0]);
+    assert!(
+        failed[0].contains("fix the user and password"),
+        "{}",
+        failed[0]
+    );
+    assert!(
+        !run.output().contains("wrong@"),
+        "the password leaked: {}",
+        run.output()
+    );
+
+    // The worker runs the same checks at start-up: one line, exit 1, and
+    // nothing consumed.
+    env.place_order(1, "5", &[]);
+    let started = Instant::now();
+    let worker = env.ordctl(["worker", "--smtp-url", &wrong]).assert_code(1);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let lines = worker.stderr_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("✗ smtp: ") && lines[0].contains("535"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(env.queue_depth(&env.work_queue()), 1);
+}
+
+#[test]
+fn doctor_and_the_worker_refuse_queues_of_another_queue_type() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    env.run_worker(&[]);
+    let run = env
+        .ordctl(["doctor", "--queue-type", "quorum"])
+        .assert_code(1);
+    let failed: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|line| line.starts_with('✗'))
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", run.stdout);
+    assert!(failed[0].starts_with("✗ queues: "), "{}", failed[0]);
+    assert!(failed[0].contains(&env.work_queue()), "{}", failed[0]);
+    let worker = env
+        .ordctl(["worker", "--queue-type", "quorum", "--exit-when-idle", "1"])
+        .assert_code(1);
+    assert_eq!(worker.stderr_lines().len(), 1, "{}", worker.stderr);
+    // The classic queues are untouched and still work.
+    env.ordctl(["doctor"]).assert_code(0);
+}

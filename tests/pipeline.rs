@@ -228,7 +228,8 @@ fn orders_are_still_delivered_while_redis_is_down() {
     let env = TestEnv::new();
     env.migrate_and_seed();
     env.place_order(3, "42", &[]);
-    let run = env.run_worker(&["--redis-url", DOWN_REDIS_URL]);
+    // Started during the outage: past the preflight, which would refuse.
+    let run = env.run_worker(&["--no-preflight", "--redis-url", DOWN_REDIS_URL]);
 
     let emails = env.emails();
     assert_eq!(emails.len(), 1, "{emails:#?}");
@@ -409,14 +410,36 @@ fn no_password_appears_in_any_output() {
             .assert_code(1),
         env.ordctl_with_env(["status"], &[("AMQP_URL", amqp_down.as_str())])
             .assert_code(1),
-        env.run_worker(&["--amqp-url", &amqp_down]),
+        // The worker's preflight names each of them, masked...
+        env.ordctl(["worker", "--amqp-url", &amqp_down])
+            .assert_code(1),
+        env.ordctl(["worker", "--smtp-url", &smtp_down])
+            .assert_code(1),
+        env.ordctl(["worker", "--smtp-url", &smtp_no_auth])
+            .assert_code(1),
+        env.ordctl(["worker", "--redis-url", &redis_auth])
+            .assert_code(1),
+        // ...and so do the per-message failures without it.
+        env.run_worker(&["--no-preflight", "--amqp-url", &amqp_down]),
         // Relays the unpublished order, then fails to send it.
-        env.run_worker(&["--max-attempts", "1", "--smtp-url", &smtp_down]),
+        env.run_worker(&[
+            "--no-preflight",
+            "--max-attempts",
+            "1",
+            "--smtp-url",
+            &smtp_down,
+        ]),
     ]);
     env.place_order(3, "42", &[]);
-    runs.push(env.run_worker(&["--max-attempts", "1", "--smtp-url", &smtp_no_auth]));
+    runs.push(env.run_worker(&[
+        "--no-preflight",
+        "--max-attempts",
+        "1",
+        "--smtp-url",
+        &smtp_no_auth,
+    ]));
     env.place_order(3, "42", &[]);
-    runs.push(env.run_worker(&["--redis-url", &redis_auth]));
+    runs.push(env.run_worker(&["--no-preflight", "--redis-url", &redis_auth]));
     assert_eq!(
         env.queue_depth(&env.dlq()),
         2,

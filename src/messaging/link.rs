@@ -49,6 +49,8 @@ pub struct Link {
     notifications: Receiver<ConnectionBlockedNotification>,
     /// The broker's reason, while it blocks this connection.
     blocked: Option<String>,
+    /// Channels that cannot be closed before the socket is cut.
+    stuck: Vec<Channel>,
 }
 
 impl Link {
@@ -107,6 +109,7 @@ impl Link {
             socket: handle,
             notifications,
             blocked: None,
+            stuck: Vec::new(),
         })
     }
 
@@ -172,6 +175,39 @@ impl Link {
         true
     }
 
+    /// Whether the broker blocks publishers right now: publishes one empty
+    /// message that no queue receives (default exchange, a routing key
+    /// naming no queue) and waits for its confirm. A broker under a memory
+    /// or disk alarm blocks it instead, and says why.
+    pub fn probe_blocked(&mut self) -> anyhow::Result<Option<BrokerBlocked>> {
+        let channel = self.open_channel()?;
+        let mut confirms = super::Confirms::enable(&channel)?;
+        let probe = super::Outgoing::new(
+            format!("ordctl.probe.{}", uuid::Uuid::new_v4().simple()),
+            "ordctl-probe",
+            Vec::new(),
+        );
+        match confirms.publish_watching(&channel, self, "", &[probe]) {
+            Ok(()) => {
+                let _ = channel.close();
+                Ok(None)
+            }
+            Err(error) => match error
+                .chain()
+                .find_map(|c| c.downcast_ref::<BrokerBlocked>())
+            {
+                // The channel stays with the blocked connection: closing
+                // it would wait for the alarm; `close` cuts them both.
+                Some(blocked) => {
+                    let blocked = blocked.clone();
+                    self.stuck.push(channel);
+                    Ok(Some(blocked))
+                }
+                None => Err(error),
+            },
+        }
+    }
+
     /// Closes `channel` and the connection: gracefully if the broker
     /// answers within a few seconds, by cutting the socket if it does not
     /// (or at once, when it is known to block us). Never hangs.
@@ -183,8 +219,9 @@ impl Link {
             let _ = self.socket.shutdown(Shutdown::Both);
         }
         let (done, finished) = crossbeam_channel::bounded::<()>(1);
+        let channels: Vec<Channel> = channel.into_iter().chain(self.stuck.drain(..)).collect();
         let closer = std::thread::spawn(move || {
-            if let Some(channel) = channel {
+            for channel in channels {
                 let _ = channel.close();
             }
             let _ = connection.close();
@@ -204,6 +241,7 @@ impl Drop for Link {
     fn drop(&mut self) {
         if let Some(connection) = self.connection.take() {
             let _ = self.socket.shutdown(Shutdown::Both);
+            self.stuck.clear();
             drop(connection);
         }
     }

@@ -168,6 +168,12 @@ impl Topology {
         Ok(())
     }
 
+    /// Declares a work queue or DLQ as [`Topology::declare`] does: refused
+    /// (406) when it exists with another `--queue-type`.
+    pub fn declare_work_queue(&self, channel: &Channel, name: &str) -> anyhow::Result<()> {
+        self.declare_queue(channel, name, self.typed(FieldTable::new()))
+    }
+
     fn typed(&self, mut arguments: FieldTable) -> FieldTable {
         if self.queue_type == QueueType::Quorum {
             arguments.insert(

@@ -22,7 +22,7 @@ use url::Url;
 use crate::config::{redact, Settings};
 use crate::db::{self, notifications, outbox};
 use crate::error::InvalidInput;
-use crate::messaging::{self, topology::Topology};
+use crate::messaging::{self, topology::Topology, Link};
 
 /// The most frequent dead-letter reasons listed; the rest are summed up.
 const TOP_REASONS: i64 = 10;
@@ -39,6 +39,9 @@ pub struct Status {
     pub consumers: Vec<ConsumerStatus>,
     pub dead_letters: Vec<DeadReason>,
     pub management: ManagementStatus,
+    /// Why the broker blocks publishers (a memory or disk alarm), if it
+    /// does: orders still commit, but nothing is published until it clears.
+    pub broker_blocked: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -225,6 +228,7 @@ pub fn collect(
     let (pending, oldest) = outbox::pending(&mut conn).context("reading the outbox")?;
     let counts = notifications::count_by_status(&mut conn).context("reading the delivery log")?;
     let mut queues = broker_queues(&settings.amqp_url, topology)?;
+    let broker_blocked = broker_blocked(&settings.amqp_url)?;
     let mut management_error = None;
     for queue in &mut queues {
         match management.unacked(&queue.name) {
@@ -285,7 +289,16 @@ pub fn collect(
             url: redact(management.url()),
             error: management_error,
         },
+        broker_blocked,
     })
+}
+
+/// The broker's block on publishers, if any, by a probe publish.
+fn broker_blocked(url: &Url) -> anyhow::Result<Option<String>> {
+    let mut link = Link::open(url)?;
+    let blocked = link.probe_blocked();
+    link.close(None);
+    Ok(blocked?.map(|blocked| blocked.to_string()))
 }
 
 /// Ready and consumers of every queue of the namespace, by passive declare

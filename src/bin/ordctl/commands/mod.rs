@@ -3,6 +3,7 @@
 
 mod bench;
 mod completions;
+mod doctor;
 mod man;
 mod migrate;
 mod order;
@@ -48,6 +49,7 @@ pub enum Command {
     Status(status::Args),
     TailQueue(tail_queue::Args),
     Trace(trace::Args),
+    Doctor(doctor::Args),
     Purge(purge::Args),
     Completions(completions::Args),
     Man(man::Args),
@@ -77,6 +79,7 @@ impl Command {
             Self::Status(args) => args.run(ctx, shutdown),
             Self::TailQueue(args) => args.run(ctx, shutdown),
             Self::Trace(args) => args.run(ctx),
+            Self::Doctor(args) => args.run(ctx),
             Self::Purge(args) => args.run(ctx),
             Self::Completions(args) => args.run(),
             Self::Man(args) => args.run(),

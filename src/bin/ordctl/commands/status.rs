@@ -111,6 +111,11 @@ fn render(status: &Status) -> String {
         ]);
     }
     let mut text = queues.to_string();
+    if let Some(blocked) = &status.broker_blocked {
+        text.push_str(&format!(
+            "\n{blocked}: orders commit but stay in the outbox until the alarm clears"
+        ));
+    }
     if let Some(error) = &status.management.error {
         text.push_str(&format!(
             "\nunacked unknown (?): the RabbitMQ management API at {} failed ({error}); \

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use ordctl::consumers;
 use ordctl::messaging::consumer::RunOptions;
 use ordctl::pipeline::worker::{self, WorkerOptions};
 use ordctl::shutdown::Shutdown;
+use ordctl::{consumers, doctor};
 
 use super::Ctx;
 
@@ -48,6 +48,11 @@ pub struct Args {
     /// CI); messages waiting in retry queues count as something to do.
     #[arg(long, value_name = "SECS")]
     exit_when_idle: Option<f64>,
+
+    /// Skip the start-up checks (those of `ordctl doctor`) and find out
+    /// about a bad setting per message instead.
+    #[arg(long)]
+    no_preflight: bool,
 }
 
 impl Args {
@@ -76,13 +81,15 @@ impl Args {
             exit_when_idle,
         };
         let consumers = consumers::select(&self.consumers)?;
-        worker::run(
-            &ctx.settings,
-            &ctx.topology(),
-            &consumers,
-            &options,
-            shutdown,
-        )
+        let topology = ctx.topology();
+        if !self.no_preflight {
+            // A bad SMTP password or queue type fails here, once, rather
+            // than on every message.
+            for check in doctor::preflight(&ctx.settings, &topology)? {
+                tracing::debug!("preflight: {check}");
+            }
+        }
+        worker::run(&ctx.settings, &topology, &consumers, &options, shutdown)
     }
 }
 
