@@ -37,3 +37,22 @@ pub fn refused(error: &anyhow::Error) -> Option<&Refused> {
         .chain()
         .find_map(|cause| cause.downcast_ref::<Refused>())
 }
+
+/// Something the input names does not exist (an unknown user, order or
+/// product). Invalid input to the CLI (exit 2); 404 over HTTP.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(pub String);
+
+impl NotFound {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// Returns the `NotFound` somewhere in an error's chain, if any.
+pub fn not_found(error: &anyhow::Error) -> Option<&NotFound> {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<NotFound>())
+}

@@ -21,7 +21,7 @@ use crate::domain::{
     Currency, Event, Money, OrderCancelled, OrderId, OrderSnapshot, OrderStatus,
     OrderStatusUpdated, ProductId, UserId,
 };
-use crate::error::InvalidInput;
+use crate::error::{InvalidInput, NotFound};
 use crate::messaging::publisher::Publisher;
 
 /// A move the order's current status does not allow. `set_status` turns it
@@ -317,8 +317,8 @@ fn check_move(order: &Order, to: OrderStatus) -> Result<(), IllegalMove> {
     }
 }
 
-fn unknown(order_id: OrderId) -> InvalidInput {
-    InvalidInput::new(format!("order {order_id} not found"))
+fn unknown(order_id: OrderId) -> NotFound {
+    NotFound::new(format!("order {order_id} not found"))
 }
 
 /// The order as its events carry it.

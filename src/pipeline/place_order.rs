@@ -23,7 +23,7 @@ use crate::domain::{
     Currency, Event, IdempotencyKey, Money, NewOrder, OrderContents, OrderCreated, OrderId,
     OrderItems, OrderSnapshot, ProductId, StockLow, UserId, ORDER_CREATED,
 };
-use crate::error::{refused, InvalidInput, Refused};
+use crate::error::{refused, InvalidInput, NotFound, Refused};
 use crate::fanout::fan_out;
 use crate::messaging::publisher::Publisher;
 
@@ -53,7 +53,7 @@ pub struct Placed {
 /// Commits the order with its events — `order.created`, and `stock.low`
 /// for each product whose threshold it crossed — taking its items from
 /// stock in the same transaction. Returns the order and its outbox ids.
-/// Unknown user or product, or items in several currencies:
+/// Unknown user or product: [`NotFound`]; items in several currencies:
 /// [`InvalidInput`]; not enough stock: [`Refused`](crate::error::Refused);
 /// nothing is written either way. An idempotency key placed before returns
 /// that first order, `replayed`, and writes nothing.
@@ -249,7 +249,7 @@ fn total(taken: &[Taken]) -> anyhow::Result<Money> {
 }
 
 fn unknown_user(user_id: UserId) -> anyhow::Error {
-    InvalidInput::new(format!("unknown user {user_id}")).into()
+    NotFound::new(format!("unknown user {user_id}")).into()
 }
 
 /// Commits the order, then publishes its event if a publisher is at hand.
@@ -525,7 +525,7 @@ fn bulk_users(pool: &PgPool, which: &Users) -> anyhow::Result<Vec<i64>> {
     let user_ids: Vec<i64> = match which {
         Users::One(id) => {
             if users::find(&mut conn, id.0)?.is_none() {
-                return Err(InvalidInput::new(format!("unknown user {id}")).into());
+                return Err(NotFound::new(format!("unknown user {id}")).into());
             }
             vec![id.0]
         }

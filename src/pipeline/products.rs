@@ -11,7 +11,7 @@ use crate::cache::ProductCache;
 use crate::db::models::{NewProductRow, ProductRow};
 use crate::db::products;
 use crate::domain::{Currency, NewProduct, OrderItems, Product, ProductId, Quantity};
-use crate::error::{InvalidInput, Refused};
+use crate::error::{InvalidInput, NotFound, Refused};
 
 /// Adds a product. Its threshold is the one given (and then stays), else
 /// half its stock (and then follows each restock).
@@ -155,8 +155,8 @@ pub fn take_stock(
     Ok((taken, currency))
 }
 
-fn unknown(id: ProductId) -> InvalidInput {
-    InvalidInput::new(format!("unknown product {id}"))
+fn unknown(id: ProductId) -> NotFound {
+    NotFound::new(format!("unknown product {id}"))
 }
 
 /// PostgreSQL's "integer out of range" (SQLSTATE 22003).

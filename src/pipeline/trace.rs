@@ -12,7 +12,7 @@ use crate::db::delivery_attempts::{self, Attempt};
 use crate::db::models::{Notification, Order, OutboxRow};
 use crate::db::{notifications, orders, outbox};
 use crate::domain::Money;
-use crate::error::InvalidInput;
+use crate::error::NotFound;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Trace {
@@ -132,11 +132,11 @@ impl State {
     }
 }
 
-/// Reads the order's trace. An unknown order is [`InvalidInput`].
+/// Reads the order's trace. An unknown order is [`NotFound`].
 pub fn trace(conn: &mut PgConnection, order_id: i64) -> anyhow::Result<Trace> {
     let order = orders::find(conn, order_id)
         .with_context(|| format!("reading order {order_id}"))?
-        .ok_or_else(|| InvalidInput::new(format!("order {order_id} not found")))?;
+        .ok_or_else(|| NotFound::new(format!("order {order_id} not found")))?;
     let events = outbox::for_order(conn, order_id).context("reading the outbox")?;
     let attempts = delivery_attempts::for_order(conn, order_id).context("reading attempts")?;
     let deliveries =

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{error::ErrorKind, Parser};
 use ordctl::config::{Settings, SettingsArgs};
-use ordctl::error::{invalid_input, refused};
+use ordctl::error::{invalid_input, not_found, refused};
 use ordctl::shutdown::Shutdown;
 
 #[derive(Parser)]
@@ -88,16 +88,20 @@ fn main() -> ExitCode {
     match run(cli.command, ctx) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if output::is_broken_pipe(&error) => ExitCode::SUCCESS,
-        Err(error) => match (invalid_input(&error), refused(&error)) {
-            (Some(invalid), _) => {
+        Err(error) => match (invalid_input(&error), not_found(&error), refused(&error)) {
+            (Some(invalid), _, _) => {
                 eprintln!("error: {invalid}");
                 ExitCode::from(2)
             }
-            (None, Some(refused)) => {
+            (None, Some(missing), _) => {
+                eprintln!("error: {missing}");
+                ExitCode::from(2)
+            }
+            (None, None, Some(refused)) => {
                 eprintln!("error: {refused}");
                 ExitCode::from(3)
             }
-            (None, None) => {
+            (None, None, None) => {
                 // One line, even when a cause (libpq's, say) spans several.
                 let chain = format!("{error:#}");
                 eprintln!(
