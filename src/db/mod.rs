@@ -3,6 +3,7 @@
 //! caller owns the transaction.
 
 pub mod delivery_attempts;
+pub mod feed;
 pub mod models;
 pub mod notifications;
 pub mod order_items;

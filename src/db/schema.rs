@@ -15,6 +15,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    feed (id) {
+        id -> Int8,
+        routing_key -> Text,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     notifications (id) {
         id -> Int8,
         event_id -> Uuid,
@@ -114,6 +123,7 @@ diesel::joinable!(payments -> orders (order_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     delivery_attempts,
+    feed,
     notifications,
     order_items,
     orders,
