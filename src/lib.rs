@@ -15,6 +15,8 @@ pub mod doctor;
 pub mod domain;
 pub mod error;
 pub mod fanout;
+pub mod feed;
+pub mod http;
 pub mod mail;
 pub mod messaging;
 pub mod pipeline;

@@ -51,3 +51,32 @@ pub fn set_status(conn: &mut PgConnection, id: i64, status: OrderStatus) -> Quer
         .returning(Order::as_returning())
         .get_result(conn)
 }
+
+/// Which orders [`list`] returns: all filters optional, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct OrderFilter {
+    pub user_id: Option<i64>,
+    pub status: Option<OrderStatus>,
+    /// Only orders with a smaller id: the next page after the last one seen.
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+/// Newest first (by id), filtered, at most `filter.limit`.
+pub fn list(conn: &mut PgConnection, filter: &OrderFilter) -> QueryResult<Vec<Order>> {
+    let mut query = orders::table
+        .select(Order::as_select())
+        .order(orders::id.desc())
+        .limit(filter.limit)
+        .into_boxed();
+    if let Some(user_id) = filter.user_id {
+        query = query.filter(orders::user_id.eq(user_id));
+    }
+    if let Some(status) = filter.status {
+        query = query.filter(orders::status.eq(status));
+    }
+    if let Some(before_id) = filter.before_id {
+        query = query.filter(orders::id.lt(before_id));
+    }
+    query.load(conn)
+}

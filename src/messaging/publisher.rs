@@ -79,3 +79,68 @@ impl Drop for Publisher {
         self.shut();
     }
 }
+
+/// Publishers shared by the threads of a server: a request takes one (or
+/// connects a new one), publishes, and gives it back. After a failed
+/// connect, requests do not try again for [`RETRY_CONNECT_AFTER`], so a
+/// down broker costs each order nothing (it stays `published: false` and
+/// the relay publishes it).
+pub struct PublisherPool {
+    url: Url,
+    topology: Topology,
+    idle: std::sync::Mutex<Vec<Publisher>>,
+    down_since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How long a pool waits after a failed connect before trying again.
+pub const RETRY_CONNECT_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl PublisherPool {
+    pub fn new(url: &Url, topology: Topology) -> Self {
+        Self {
+            url: url.clone(),
+            topology,
+            idle: Default::default(),
+            down_since: Default::default(),
+        }
+    }
+
+    /// An idle publisher, a new one, or `None` (with a warning) when the
+    /// broker cannot be reached.
+    pub fn take(&self) -> Option<Publisher> {
+        if let Some(publisher) = self.idle.lock().expect("publisher pool").pop() {
+            return Some(publisher);
+        }
+        if self
+            .down_since
+            .lock()
+            .expect("publisher pool")
+            .is_some_and(|since| since.elapsed() < RETRY_CONNECT_AFTER)
+        {
+            return None;
+        }
+        match Publisher::connect(&self.url, &self.topology) {
+            Ok(publisher) => {
+                *self.down_since.lock().expect("publisher pool") = None;
+                Some(publisher)
+            }
+            Err(error) => {
+                tracing::warn!("broker unavailable ({error:#}); orders are committed and the relay will publish them");
+                *self.down_since.lock().expect("publisher pool") = Some(std::time::Instant::now());
+                None
+            }
+        }
+    }
+
+    /// Returns a publisher that is still healthy for the next request.
+    pub fn give_back(&self, publisher: Publisher) {
+        self.idle.lock().expect("publisher pool").push(publisher);
+    }
+
+    /// Closes every idle publisher.
+    pub fn close(&self) {
+        for publisher in self.idle.lock().expect("publisher pool").drain(..) {
+            publisher.close();
+        }
+    }
+}

@@ -13,6 +13,7 @@ mod purge;
 mod relay;
 mod replay_dlq;
 mod seed;
+mod serve;
 mod status;
 mod tail_queue;
 mod trace;
@@ -45,6 +46,7 @@ pub enum Command {
     Product(product::Args),
     Relay(relay::Args),
     ReplayDlq(replay_dlq::Args),
+    Serve(serve::Args),
     Worker(worker::Args),
     Status(status::Args),
     TailQueue(tail_queue::Args),
@@ -59,7 +61,11 @@ impl Command {
     /// Whether SIGINT/SIGTERM should finish in-flight work rather than kill.
     pub fn stops_gracefully(&self) -> bool {
         match self {
-            Self::Worker(_) | Self::Relay(_) | Self::TailQueue(_) | Self::Bench(_) => true,
+            Self::Worker(_)
+            | Self::Relay(_)
+            | Self::Serve(_)
+            | Self::TailQueue(_)
+            | Self::Bench(_) => true,
             Self::Status(args) => args.watches(),
             _ => false,
         }
@@ -75,6 +81,7 @@ impl Command {
             Self::Product(args) => args.run(ctx),
             Self::Relay(args) => args.run(ctx, shutdown),
             Self::ReplayDlq(args) => args.run(ctx),
+            Self::Serve(args) => args.run(ctx, shutdown),
             Self::Worker(args) => args.run(ctx, shutdown),
             Self::Status(args) => args.run(ctx, shutdown),
             Self::TailQueue(args) => args.run(ctx, shutdown),

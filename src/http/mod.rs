@@ -1,0 +1,210 @@
+//! `ordctl serve`: the HTTP API and the live admin dashboard, on axum.
+//!
+//! Handlers are thin: they parse the request into domain types and call the
+//! same library functions as the CLI. Diesel and amiquip calls block, so
+//! they run on tokio's blocking pool (`spawn_blocking`), never on the async
+//! worker threads.
+
+pub mod auth;
+pub mod error;
+pub mod routes;
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::routing::{get, patch, post};
+use axum::Router;
+use tokio::sync::watch;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::cache::ProductCache;
+use crate::config::Settings;
+use crate::db::{self, PgPool};
+use crate::feed::Feed;
+use crate::messaging::publisher::PublisherPool;
+use crate::shutdown::Shutdown;
+use auth::{AdminToken, Sessions};
+
+/// The largest request body accepted; larger ones get 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// How long a request may take before it gets 408 (SSE streams are not
+/// affected: their response starts at once).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `ordctl serve` is given besides the settings.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub admin_token: AdminToken,
+    /// PostgreSQL connections (and so orders placed at once).
+    pub pool_size: u32,
+}
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub publishers: PublisherPool,
+    /// `GET /products/{id}` reads through it; stock changes invalidate it.
+    pub products: ProductCache,
+    pub feed: Feed,
+    pub admin: AdminToken,
+    pub sessions: Sessions,
+    /// Per port: two servers on one host must not share a login cookie.
+    pub cookie_name: String,
+    /// Flips to true when the server stops: live streams end, so the
+    /// graceful shutdown does not wait for them forever.
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Runs blocking work (diesel, amiquip) on the blocking pool.
+    pub async fn blocking<T, F>(&self, work: F) -> Result<T, error::ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&AppState) -> anyhow::Result<T> + Send + 'static,
+    {
+        let state = self.clone();
+        Ok(tokio::task::spawn_blocking(move || work(&state)).await??)
+    }
+
+    /// A pooled PostgreSQL connection (blocking).
+    pub fn conn(
+        &self,
+    ) -> anyhow::Result<
+        diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<diesel::PgConnection>>,
+    > {
+        self.pool.get().context("getting a database connection")
+    }
+}
+
+/// Every route. Admin routes sit behind [`auth::require_admin`].
+pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/events", get(routes::events::stream))
+        .route("/orders/{id}/status", patch(routes::orders::set_status))
+        .route("/products/{id}/restock", post(routes::products::restock))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/", get(routes::dashboard::page))
+        .route("/login", post(routes::dashboard::login))
+        .route("/logout", post(routes::dashboard::logout))
+        .route("/health", get(routes::health::health))
+        .route("/ready", get(routes::health::ready))
+        .route(
+            "/orders",
+            post(routes::orders::create).get(routes::orders::list),
+        )
+        .route("/orders/{id}", get(routes::orders::show))
+        .route(
+            "/products",
+            post(routes::products::create).get(routes::products::list),
+        )
+        .route("/products/{id}", get(routes::products::show))
+        .merge(admin)
+        .fallback(|| async { error::ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Innermost first: every layer's rejection passes through json_errors.
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(axum::middleware::map_response(error::json_errors))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        // Method, path and request id only: never headers (the
+        // Authorization header, the session cookie) or bodies.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                let id = request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    request_id = id
+                )
+            }),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Runs the server until `shutdown`, then stops accepting, ends the live
+/// streams, lets in-flight requests finish and returns. Blocking: it runs
+/// its own multi-threaded tokio runtime.
+pub fn serve(
+    settings: &Settings,
+    options: ServeOptions,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("serve")
+        .build()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(options.listen))
+        .with_context(|| format!("listening on {}", options.listen))?;
+    let address = listener.local_addr()?;
+    let pool = db::pool(&settings.database_url, options.pool_size)?;
+    let (feed, reader) = Feed::start(&settings.database_url, pool.clone(), shutdown)?;
+    let (stop, stopping) = watch::channel(false);
+    let state = AppState(Arc::new(Inner {
+        settings: settings.clone(),
+        pool,
+        publishers: PublisherPool::new(&settings.amqp_url, crate::pipeline::topology(settings)),
+        products: ProductCache::new(
+            &settings.redis_url,
+            settings.namespace.clone(),
+            options.pool_size,
+        )?,
+        feed,
+        admin: options.admin_token,
+        sessions: Sessions::default(),
+        cookie_name: format!("ordctl_session_{}", address.port()),
+        stopping,
+    }));
+    tracing::info!("listening on http://{address}");
+    let watcher = shutdown.clone();
+    let result = runtime.block_on(
+        axum::serve(listener, router(state.clone()))
+            .with_graceful_shutdown(async move {
+                while !watcher.is_triggered() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tracing::info!("stopping: finishing in-flight requests");
+                let _ = stop.send(true);
+            })
+            .into_future(),
+    );
+    // The reader stops on the same shutdown; a failed server stops it too.
+    shutdown.trigger();
+    let _ = reader.join();
+    state.publishers.close();
+    result.context("serving HTTP")
+}

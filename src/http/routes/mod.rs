@@ -1,0 +1,7 @@
+//! The handlers, one module per resource.
+
+pub mod dashboard;
+pub mod events;
+pub mod health;
+pub mod orders;
+pub mod products;

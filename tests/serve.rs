@@ -1,0 +1,451 @@
+//! `ordctl serve` against the real services and a real listening socket:
+//! every route's happy path and every 4xx (with nothing written), the admin
+//! token, readiness with the broker down, the live event stream and its
+//! gap-free resume, and the graceful shutdown.
+
+mod common;
+mod http_client;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{TestEnv, DOWN_AMQP_URL};
+use http_client::{Server, TOKEN};
+use serde_json::Value;
+
+/// The keys of a JSON object, sorted.
+fn keys(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+#[test]
+fn posting_an_order_commits_it_publishes_it_and_answers_201() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let server = Server::start(&env, &[]);
+
+    let created = server.post("/orders", r#"{"user_id": 3, "amount": "42.00"}"#, &[]);
+    assert_eq!(created.status, 201, "{created:?}");
+    let order = created.json();
+    assert_eq!(
+        keys(&order),
+        [
+            "amount",
+            "currency",
+            "event_id",
+            "order_id",
+            "published",
+            "status",
+            "user_id"
+        ]
+    );
+    assert_eq!(order["amount"], "42.00");
+    assert_eq!(order["currency"], "USD");
+    assert_eq!(order["user_id"], 3);
+    assert_eq!(order["status"], "pending");
+    assert_eq!(order["published"], true);
+
+    // A JSON number is read as written, never through a float.
+    let created = server.post(
+        "/orders",
+        r#"{"user_id": 4, "amount": 19.99, "currency": "eur"}"#,
+        &[],
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.json()["amount"], "19.99");
+    assert_eq!(created.json()["currency"], "EUR");
+
+    assert_eq!(env.count("orders"), 2);
+    assert_eq!(env.count("outbox WHERE published_at IS NOT NULL"), 2);
+    let messages = env.take_messages(&env.work_queue());
+    assert_eq!(messages.len(), 2);
+    assert_eq!(
+        messages[0].message_id.as_deref(),
+        order["event_id"].as_str()
+    );
+}
+
+#[test]
+fn every_bad_request_is_a_one_line_json_4xx_and_writes_nothing() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let server = Server::start(&env, &[]);
+    let oversized = format!(
+        r#"{{"user_id": 3, "amount": "1", "currency": "{}"}}"#,
+        "X".repeat(100 * 1024)
+    );
+    let cases: &[(&str, &str, &str, u16)] = &[
+        ("bad JSON", "/orders", r#"{"user_id": 3,"#, 400),
+        ("not JSON at all", "/orders", "user_id=3&amount=4", 400),
+        ("missing user", "/orders", r#"{"amount": "42"}"#, 422),
+        ("missing amount", "/orders", r#"{"user_id": 3}"#, 422),
+        (
+            "3 decimals",
+            "/orders",
+            r#"{"user_id": 3, "amount": "42.001"}"#,
+            422,
+        ),
+        (
+            "3 decimals as a number",
+            "/orders",
+            r#"{"user_id": 3, "amount": 42.001}"#,
+            422,
+        ),
+        ("zero", "/orders", r#"{"user_id": 3, "amount": 0}"#, 422),
+        (
+            "negative",
+            "/orders",
+            r#"{"user_id": 3, "amount": "-5"}"#,
+            422,
+        ),
+        (
+            "bad currency",
+            "/orders",
+            r#"{"user_id": 3, "amount": 5, "currency": "dollars"}"#,
+            422,
+        ),
+        (
+            "unknown field",
+            "/orders",
+            r#"{"user_id": 3, "amount": 5, "amonut": 6}"#,
+            422,
+        ),
+        (
+            "unknown user",
+            "/orders",
+            r#"{"user_id": 999, "amount": "42"}"#,
+            404,
+        ),
+        ("oversized body", "/orders", &oversized, 413),
+        ("unknown route", "/nowhere", "{}", 404),
+    ];
+    for (what, path, body, status) in cases {
+        let reply = server.post(path, body, &[]);
+        assert_eq!(reply.status, *status, "{what}: {reply:?}");
+        reply.assert_json_error(what);
+    }
+    let reply = server.request("DELETE", "/orders", None, &[]);
+    assert_eq!(reply.status, 405, "{reply:?}");
+    reply.assert_json_error("wrong method");
+    for (what, path, status) in [
+        ("unknown order", "/orders/999", 404),
+        ("order id not a number", "/orders/abc", 422),
+        ("bad status filter", "/orders?status=lost", 422),
+        ("bad limit", "/orders?limit=0", 422),
+        ("unknown parameter", "/orders?colour=red", 422),
+    ] {
+        let reply = server.get(path, &[]);
+        assert_eq!(reply.status, status, "{what}: {reply:?}");
+        reply.assert_json_error(what);
+    }
+    for table in ["orders", "outbox", "feed"] {
+        assert_eq!(env.count(table), 0, "{table}");
+    }
+}
+
+#[test]
+fn orders_are_listed_newest_first_in_pages_and_shown_one_by_one() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let server = Server::start(&env, &[]);
+    let ids: Vec<i64> = [(1, "10"), (2, "20"), (1, "30")]
+        .iter()
+        .map(|(user, amount)| {
+            let body = format!(r#"{{"user_id": {user}, "amount": "{amount}"}}"#);
+            server.post("/orders", &body, &[]).assert_status(201).json()["order_id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+
+    let page = server.get("/orders?limit=2", &[]).assert_status(200).json();
+    let listed: Vec<i64> = page["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|order| order["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(listed, [ids[2], ids[1]]);
+    assert_eq!(page["next_before_id"], ids[1]);
+    let next = server
+        .get(&format!("/orders?limit=2&before_id={}", ids[1]), &[])
+        .assert_status(200)
+        .json();
+    assert_eq!(next["orders"][0]["id"], ids[0]);
+    assert_eq!(next["next_before_id"], Value::Null);
+    let mine = server
+        .get("/orders?user_id=1&status=pending", &[])
+        .assert_status(200)
+        .json();
+    assert_eq!(mine["orders"].as_array().unwrap().len(), 2);
+    let first = &mine["orders"][1];
+    assert_eq!(first["amount"], "10.00");
+    assert_eq!(first["status"], "pending");
+
+    let shown = server
+        .get(&format!("/orders/{}", ids[0]), &[])
+        .assert_status(200)
+        .json();
+    assert_eq!(shown["id"], ids[0]);
+    assert_eq!(shown["user_id"], 1);
+    assert_eq!(shown["amount"], "10.00");
+    assert_eq!(shown["currency"], "USD");
+    assert_eq!(shown["status"], "pending");
+    let steps: Vec<&str> = shown["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| step["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["committed", "published"]);
+}
+
+#[test]
+fn admin_routes_need_the_token_or_a_dashboard_login() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let server = Server::start(&env, &[]);
+
+    let bearer = format!("Bearer {TOKEN}");
+    let wrong = format!("Bearer {TOKEN}x");
+    for headers in [vec![], vec![("Authorization", wrong.as_str())]] {
+        let reply = server.get("/events", &headers);
+        assert_eq!(reply.status, 401, "{reply:?}");
+        reply.assert_json_error("no token");
+    }
+    let page = server.get("/", &[]);
+    assert_eq!(page.status, 401);
+    assert!(page.body.contains(r#"<form id="login""#), "{}", page.body);
+
+    let refused = server.post("/login", r#"{"token": "not-the-token"}"#, &[]);
+    assert_eq!(refused.status, 401, "{refused:?}");
+    refused.assert_json_error("wrong login");
+    let login = server.post("/login", &format!(r#"{{"token": "{TOKEN}"}}"#), &[]);
+    assert_eq!(login.status, 204, "{login:?}");
+    let set_cookie = login.header("set-cookie").expect("a session cookie");
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+    assert!(
+        !set_cookie.contains(TOKEN),
+        "the cookie is a session id, not the token"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let page = server.get("/", &[("Cookie", &cookie)]);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("data-authenticated=\"true\""));
+
+    for headers in [[("Authorization", bearer.as_str())], [("Cookie", &cookie)]] {
+        let mut stream = server.events(&headers);
+        assert!(stream.content_type.starts_with("text/event-stream"));
+        stream.close();
+    }
+    let logout = server.post("/logout", "", &[("Cookie", &cookie)]);
+    assert_eq!(logout.status, 204);
+    assert_eq!(server.get("/events", &[("Cookie", &cookie)]).status, 401);
+
+    // The token never reaches the log.
+    let run = server.stop();
+    assert!(!run.contains(TOKEN), "{run}");
+}
+
+#[test]
+fn a_generated_admin_token_is_printed_once_at_start_up() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let server = Server::start_without_token(&env);
+    let token = server.token.clone();
+    assert_eq!(token.len(), 64, "{token:?}");
+    let authorization = format!("Bearer {token}");
+    server.events(&[("Authorization", &authorization)]).close();
+    server.get("/orders", &[]).assert_status(200);
+    let log = server.stop();
+    assert_eq!(log.matches(&token).count(), 1, "{log}");
+}
+
+#[test]
+fn health_is_200_and_ready_names_rabbitmq_when_the_broker_is_down() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let up = Server::start(&env, &[]);
+    up.get("/health", &[]).assert_status(200);
+    let ready = up.get("/ready", &[]).assert_status(200).json();
+    assert_eq!(ready["status"], "ready");
+    drop(up);
+
+    let down = Server::start(&env, &[("AMQP_URL", DOWN_AMQP_URL)]);
+    down.get("/health", &[]).assert_status(200);
+    let ready = down.get("/ready", &[]);
+    assert_eq!(ready.status, 503, "{ready:?}");
+    let body = ready.json();
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("RabbitMQ"), "{error}");
+    assert!(
+        !error.contains("PostgreSQL is down") && !error.contains("Redis is down"),
+        "{error}"
+    );
+    assert_eq!(body["checks"]["postgresql"], "ok");
+
+    // The order still stands; the relay publishes it later.
+    let created = down.post("/orders", r#"{"user_id": 3, "amount": "5"}"#, &[]);
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.json()["published"], false);
+    assert_eq!(env.count("outbox WHERE published_at IS NULL"), 1);
+}
+
+#[test]
+fn the_event_stream_shows_a_new_order_within_a_second_and_resumes_without_a_gap() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let server = Server::start(&env, &[]);
+    let authorization = format!("Bearer {TOKEN}");
+    let headers = [("Authorization", authorization.as_str())];
+
+    let mut stream = server.events(&headers);
+    let posted = Instant::now();
+    let order = server
+        .post("/orders", r#"{"user_id": 2, "amount": "12.34"}"#, &[])
+        .assert_status(201)
+        .json();
+    let event = stream.next_event();
+    assert!(
+        posted.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        posted.elapsed()
+    );
+    assert_eq!(event.event, "order.created");
+    assert_eq!(event.data["order"]["id"], order["order_id"]);
+    assert_eq!(event.data["event_id"], order["event_id"]);
+    let last_seen = event.id;
+    stream.close();
+
+    // While the client is away: orders over HTTP and from the CLI, and
+    // their deliveries by a worker.
+    let mut missed = Vec::new();
+    for amount in ["1", "2"] {
+        let body = format!(r#"{{"user_id": 3, "amount": "{amount}"}}"#);
+        missed
+            .push(server.post("/orders", &body, &[]).assert_status(201).json()["order_id"].clone());
+    }
+    missed.push(env.place_order(4, "3", &[])["order_id"].clone());
+    env.run_worker(&[]);
+
+    let last_event_id = last_seen.to_string();
+    let mut resumed = server.events(&[
+        ("Authorization", authorization.as_str()),
+        ("Last-Event-ID", last_event_id.as_str()),
+    ]);
+    // 3 orders created, and 4 emails sent (the first order's too).
+    let events: Vec<_> = (0..7).map(|_| resumed.next_event()).collect();
+    let ids: Vec<i64> = events.iter().map(|event| event.id).collect();
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+    assert!(ids[0] > last_seen);
+    let created: Vec<&Value> = events
+        .iter()
+        .filter(|event| event.event == "order.created")
+        .map(|event| &event.data["order"]["id"])
+        .collect();
+    assert_eq!(created, missed.iter().collect::<Vec<_>>());
+    let sent = events
+        .iter()
+        .filter(|event| event.event == "delivery.sent")
+        .count();
+    assert_eq!(sent, 4, "{events:#?}");
+    // Nothing before the cursor came again, and the stream goes on live.
+    let live = server
+        .post("/orders", r#"{"user_id": 5, "amount": "9"}"#, &[])
+        .assert_status(201)
+        .json();
+    let next = resumed.next_event();
+    assert_eq!(next.data["order"]["id"], live["order_id"]);
+    assert!(next.id > *ids.last().unwrap());
+}
+
+#[test]
+fn many_clients_each_get_every_event_in_order() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let server = Server::start(&env, &[]);
+    let authorization = format!("Bearer {TOKEN}");
+    let headers = [("Authorization", authorization.as_str())];
+    let mut streams: Vec<_> = (0..5).map(|_| server.events(&headers)).collect();
+    env.ordctl(["place-order", "--count", "40", "--concurrency", "4"])
+        .assert_code(0);
+    for stream in &mut streams {
+        let ids: Vec<i64> = (0..40).map(|_| stream.next_event().id).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+    }
+}
+
+#[test]
+fn a_stop_signal_lets_the_request_in_flight_finish_and_ends_live_streams() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let server = Server::start(&env, &[]);
+    let authorization = format!("Bearer {TOKEN}");
+    let _stream = server.events(&[("Authorization", authorization.as_str())]);
+
+    // A request whose body is only half sent when the signal arrives.
+    let body = r#"{"user_id": 3, "amount": "7.50"}"#;
+    let mut socket = TcpStream::connect(server.address()).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        socket,
+        "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        &body[..10]
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server.terminate();
+    std::thread::sleep(Duration::from_millis(300));
+    socket.write_all(&body.as_bytes()[10..]).unwrap();
+    let mut response = String::new();
+    let _ = socket.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+
+    let (code, log) = server.wait();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(env.count("orders"), 1);
+}
+
+#[test]
+fn an_event_committed_late_with_an_earlier_cursor_is_not_skipped() {
+    use diesel::prelude::*;
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let server = Server::start(&env, &[]);
+    let authorization = format!("Bearer {TOKEN}");
+    let mut stream = server.events(&[("Authorization", authorization.as_str())]);
+
+    // A slow transaction draws feed id 1 and stays open...
+    let mut slow = env.db();
+    diesel::sql_query("BEGIN").execute(&mut slow).unwrap();
+    diesel::sql_query(
+        "WITH o AS (INSERT INTO orders (user_id, amount_minor, currency) VALUES (1, 100, 'USD') RETURNING id) \
+         INSERT INTO outbox (event_id, order_id, routing_key, payload) \
+         SELECT gen_random_uuid(), o.id, 'order.created', jsonb_build_object('type', 'order.created', 'order', jsonb_build_object('id', o.id)) FROM o",
+    )
+    .execute(&mut slow)
+    .unwrap();
+    // ...while a later order (feed id 2) commits at once.
+    let later = server
+        .post("/orders", r#"{"user_id": 2, "amount": "2"}"#, &[])
+        .assert_status(201)
+        .json();
+    std::thread::sleep(Duration::from_millis(500));
+    diesel::sql_query("COMMIT").execute(&mut slow).unwrap();
+
+    let first = stream.next_event();
+    let second = stream.next_event();
+    assert_eq!((first.id, second.id), (1, 2), "{first:?} {second:?}");
+    assert_eq!(second.data["order"]["id"], later["order_id"]);
+}
