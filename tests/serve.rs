@@ -449,3 +449,160 @@ fn an_event_committed_late_with_an_earlier_cursor_is_not_skipped() {
     assert_eq!((first.id, second.id), (1, 2), "{first:?} {second:?}");
     assert_eq!(second.data["order"]["id"], later["order_id"]);
 }
+
+#[test]
+fn products_are_added_read_through_the_cache_restocked_and_ordered() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let server = Server::start(&env, &[]);
+    let bearer = format!("Bearer {TOKEN}");
+    let admin = [("Authorization", bearer.as_str())];
+
+    let product = server
+        .post(
+            "/products",
+            r#"{"name": "Mug", "price": 12.5, "stock": 4}"#,
+            &[],
+        )
+        .assert_status(201)
+        .json();
+    assert_eq!(product["price"], "12.50");
+    assert_eq!(product["low_stock_threshold"], 2);
+    let id = product["id"].as_i64().unwrap();
+
+    // Read through Redis: a miss fills the entry, an order drops it.
+    let shown = server
+        .get(&format!("/products/{id}"), &[])
+        .assert_status(200)
+        .json();
+    assert_eq!(shown["stock"], 4);
+    let key = env.redis_key(&format!("product:{id}"));
+    let cached: Option<String> = redis::cmd("GET").arg(&key).query(&mut env.redis()).unwrap();
+    assert!(cached.is_some(), "{key} is cached");
+
+    let body = format!(r#"{{"user_id": 3, "items": [{{"product_id": {id}, "quantity": 3}}]}}"#);
+    let order = server.post("/orders", &body, &[]).assert_status(201).json();
+    assert_eq!(order["amount"], "37.50");
+    let cached: Option<String> = redis::cmd("GET").arg(&key).query(&mut env.redis()).unwrap();
+    assert!(cached.is_none(), "an order drops the cache entry");
+    assert_eq!(
+        server.get(&format!("/products/{id}"), &[]).json()["stock"],
+        1
+    );
+    let low = server
+        .get("/products?low_stock=true", &[])
+        .assert_status(200)
+        .json();
+    assert_eq!(low.as_array().unwrap().len(), 1, "{low}");
+
+    // Not enough stock: 409 and nothing written.
+    let orders_before = env.count("orders");
+    let refused = server.post("/orders", &body, &[]);
+    assert_eq!(refused.status, 409, "{refused:?}");
+    refused.assert_json_error("out of stock");
+    let unknown = server.post(
+        "/orders",
+        r#"{"user_id": 3, "items": [{"product_id": 999, "quantity": 1}]}"#,
+        &[],
+    );
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    unknown.assert_json_error("unknown product");
+    assert_eq!(env.count("orders"), orders_before);
+    assert_eq!(server.get("/products/999", &[]).status, 404);
+
+    // Restocking is an admin's: 401 without the token.
+    let restock = format!("/products/{id}/restock");
+    let denied = server.post(&restock, r#"{"quantity": 10}"#, &[]);
+    assert_eq!(denied.status, 401);
+    denied.assert_json_error("restock without token");
+    let restocked = server
+        .post(&restock, r#"{"quantity": 10}"#, &admin)
+        .assert_status(200)
+        .json();
+    assert_eq!(restocked["stock"], 11);
+    assert_eq!(
+        server.get(&format!("/products/{id}"), &[]).json()["stock"],
+        11
+    );
+    let bad = server.post(&restock, r#"{"quantity": -1}"#, &admin);
+    assert_eq!(bad.status, 422);
+    bad.assert_json_error("negative restock");
+}
+
+#[test]
+fn an_admin_moves_an_order_along_its_legal_statuses_only() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let server = Server::start(&env, &[]);
+    let bearer = format!("Bearer {TOKEN}");
+    let admin = [("Authorization", bearer.as_str())];
+    let order = server
+        .post("/orders", r#"{"user_id": 3, "amount": "8"}"#, &[])
+        .assert_status(201)
+        .json();
+    let path = format!("/orders/{}/status", order["order_id"]);
+    let patch =
+        |body: &str, headers: &[(&str, &str)]| server.request("PATCH", &path, Some(body), headers);
+
+    let denied = patch(r#"{"status": "cancelled"}"#, &[]);
+    assert_eq!(denied.status, 401);
+    denied.assert_json_error("no token");
+    for (body, status) in [
+        (r#"{"status": "shipped"}"#, 422),
+        (r#"{"status": "lost"}"#, 422),
+        (r#"{"state": "shipped"}"#, 422),
+        (r#"{"status":"#, 400),
+    ] {
+        let reply = patch(body, &admin);
+        assert_eq!(reply.status, status, "{body}: {reply:?}");
+        reply.assert_json_error(body);
+    }
+    assert_eq!(env.count("outbox"), 1, "nothing written by a refused move");
+
+    let moved = patch(r#"{"status": "cancelled"}"#, &admin)
+        .assert_status(200)
+        .json();
+    assert_eq!(moved["status"], "cancelled");
+    assert_eq!(moved["from"], "pending");
+    assert_eq!(moved["routing_key"], "order.cancelled");
+    assert_eq!(moved["published"], true);
+    let again = patch(r#"{"status": "shipped"}"#, &admin);
+    assert_eq!(again.status, 422, "nothing leaves cancelled");
+    let unknown = server.request(
+        "PATCH",
+        "/orders/999/status",
+        Some(r#"{"status": "shipped"}"#),
+        &admin,
+    );
+    assert_eq!(unknown.status, 404);
+
+    let shown = server
+        .get(&format!("/orders/{}", order["order_id"]), &[])
+        .assert_status(200)
+        .json();
+    assert_eq!(shown["status"], "cancelled");
+}
+
+#[test]
+fn the_same_idempotency_key_returns_the_first_order_and_writes_nothing() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let server = Server::start(&env, &[]);
+    let key = [("Idempotency-Key", "checkout-7f3a")];
+    let body = r#"{"user_id": 3, "amount": "15.00"}"#;
+    let first = server.post("/orders", body, &key).assert_status(201).json();
+    let again = server.post("/orders", body, &key).assert_status(200).json();
+    assert_eq!(again["order_id"], first["order_id"]);
+    assert_eq!(again["event_id"], first["event_id"]);
+    assert_eq!(again["replayed"], true);
+    assert_eq!(env.count("orders"), 1);
+    assert_eq!(env.count("outbox"), 1);
+
+    // Another body under the same key is a client bug, not a replay.
+    let other = server.post("/orders", r#"{"user_id": 3, "amount": "16.00"}"#, &key);
+    assert_eq!(other.status, 422, "{other:?}");
+    other.assert_json_error("key reused");
+    let bad_key = server.post("/orders", body, &[("Idempotency-Key", "has space")]);
+    assert_eq!(bad_key.status, 422);
+    assert_eq!(env.count("orders"), 1);
+}

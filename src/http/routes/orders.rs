@@ -173,10 +173,7 @@ pub async fn create(
         true => StatusCode::OK,
         false => StatusCode::CREATED,
     };
-    Ok((
-        status,
-        Json(serde_json::to_value(created).expect("JSON")),
-    ))
+    Ok((status, Json(serde_json::to_value(created).expect("JSON"))))
 }
 
 /// An order as lists show it.
@@ -338,14 +335,11 @@ pub async fn set_status(
 
 /// A positive integer id from a path or query.
 pub fn parse_id(what: &str, raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| {
-            ApiError::invalid(format!(
-                "invalid {what} {raw:?}: expected a positive integer"
-            ))
-        })
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "invalid {what} {raw:?}: expected a positive integer"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -402,12 +396,21 @@ mod tests {
             (r#"{"user_id": 3, "amount": null}"#, "422"),
             (r#"{"user_id": 0, "amount": 5}"#, "422"),
             (r#"{"user_id": "3", "amount": 5}"#, "422"),
-            (r#"{"user_id": 3, "amount": 5, "currency": "DOLLARS"}"#, "422"),
+            (
+                r#"{"user_id": 3, "amount": 5, "currency": "DOLLARS"}"#,
+                "422",
+            ),
             (r#"{"user_id": 3, "amount": 5, "colour": "red"}"#, "422"),
             (r#"{"user_id": 3, "items": []}"#, "422"),
-            (r#"{"user_id": 3, "items": [{"product_id": 1, "quantity": 0}]}"#, "422"),
+            (
+                r#"{"user_id": 3, "items": [{"product_id": 1, "quantity": 0}]}"#,
+                "422",
+            ),
             (r#"{"user_id": 3, "items": [{"product_id": 1}]}"#, "422"),
-            (r#"{"user_id": 3, "amount": 5, "items": [{"product_id": 1, "quantity": 1}]}"#, "422"),
+            (
+                r#"{"user_id": 3, "amount": 5, "items": [{"product_id": 1, "quantity": 1}]}"#,
+                "422",
+            ),
         ] {
             let error = parse(body).unwrap_err();
             assert!(error.starts_with(status), "{body}: {error}");
