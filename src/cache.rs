@@ -14,9 +14,9 @@ use url::Url;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::config::redact;
 use crate::db::{models::User, products, users};
 use crate::domain::{Namespace, Product, ProductId};
+use crate::secrets::redact;
 
 /// How long a cached user lives.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);

@@ -9,12 +9,13 @@ use diesel_migrations::MigrationHarness;
 use redis::ConnectionLike;
 use serde::Serialize;
 
-use crate::config::{redact, Settings, SmtpTls};
+use crate::config::{Settings, SmtpTls};
 use crate::db;
 use crate::mail;
 use crate::messaging::topology::Topology;
 use crate::messaging::Link;
 use crate::pipeline::status::ManagementApi;
+use crate::secrets::redact;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

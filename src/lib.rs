@@ -21,4 +21,5 @@ pub mod mail;
 pub mod messaging;
 pub mod pipeline;
 pub mod reconnect;
+pub mod secrets;
 pub mod shutdown;

@@ -23,7 +23,7 @@ use diesel::sql_types::{BigInt, Text};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use url::Url;
 
-use crate::config::redact;
+use crate::secrets::redact;
 
 diesel::define_sql_function! {
     /// PostgreSQL's wall clock now, unlike `now()`, the transaction's start.

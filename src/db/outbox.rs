@@ -70,6 +70,19 @@ pub fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize
         .execute(conn)
 }
 
+/// [`mark_published`] without waiting for the commit to reach the disk, in
+/// the caller's transaction: losing this mark in a PostgreSQL crash only
+/// republishes the events, which consumers ignore.
+pub fn mark_published_lazily(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
+    diesel::sql_query("SET LOCAL synchronous_commit = off").execute(conn)?;
+    mark_published(conn, ids)
+}
+
+/// Subscribes the connection to [`CHANNEL`], so that committed rows wake it.
+pub fn listen(conn: &mut PgConnection) -> QueryResult<usize> {
+    diesel::sql_query(format!("LISTEN {CHANNEL}")).execute(conn)
+}
+
 pub fn record_failure(conn: &mut PgConnection, ids: &[i64], error: &str) -> QueryResult<usize> {
     diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
         .set((

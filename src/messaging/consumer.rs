@@ -5,8 +5,8 @@
 //! Reconnects with backoff when the broker goes away.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use amiquip::{
     AmqpProperties, AmqpValue, Channel, ConsumerMessage, ConsumerOptions, Delivery, FieldTable,
@@ -19,7 +19,7 @@ use url::Url;
 use super::topology::{ConsumerSpec, Topology};
 use super::{connect, header_int, header_str, Confirms, Outgoing};
 use crate::reconnect::{self, Backoff};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Activity, Shutdown};
 
 /// Headers this tool stamps on retried and dead-lettered messages. The
 /// broker's own `x-death` is never relied on.
@@ -96,50 +96,6 @@ pub struct RunOptions {
     pub concurrency: u16,
     /// Attempts before a transiently failing message is dead-lettered.
     pub max_attempts: u32,
-}
-
-/// Tracks whether there is anything to do, for `--exit-when-idle`.
-#[derive(Debug)]
-pub struct Activity {
-    started: Instant,
-    last_millis: AtomicU64,
-    in_flight: AtomicUsize,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Self {
-            started: Instant::now(),
-            last_millis: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-        }
-    }
-}
-
-impl Activity {
-    pub fn touch(&self) {
-        self.last_millis
-            .store(self.started.elapsed().as_millis() as u64, Ordering::SeqCst);
-    }
-
-    fn begin(&self) {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.touch();
-    }
-
-    fn end(&self) {
-        self.touch();
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// How long nothing has happened; zero while a message is in flight.
-    pub fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::SeqCst) > 0 {
-            return Duration::ZERO;
-        }
-        let last = Duration::from_millis(self.last_millis.load(Ordering::SeqCst));
-        self.started.elapsed().saturating_sub(last)
-    }
 }
 
 /// Consumes until `shutdown`, reconnecting with backoff on any broker error.

@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use crossbeam_channel::Receiver;
 use url::Url;
 
-use crate::config::redact;
+use crate::secrets::redact;
 
 /// How long opening a connection (TCP and the AMQP handshake) may take
 /// unless the URL's `connection_timeout` says otherwise: an unreachable

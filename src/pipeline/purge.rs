@@ -145,7 +145,7 @@ fn is_not_found(error: &anyhow::Error) -> bool {
 /// Deletes (or counts) the `{ns}:*` keys, found with SCAN, never KEYS: a
 /// shared Redis must not stall for us.
 fn redis_keys(settings: &Settings, dry_run: bool) -> anyhow::Result<u64> {
-    let shown = crate::config::redact(&settings.redis_url);
+    let shown = crate::secrets::redact(&settings.redis_url);
     let mut redis = redis::Client::open(settings.redis_url.as_str())
         .and_then(|client| client.get_connection())
         .with_context(|| format!("connecting to Redis at {shown}"))?;

@@ -7,17 +7,16 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use diesel::{Connection, PgConnection, RunQueryDsl};
+use diesel::{Connection, PgConnection};
 use url::Url;
 
 use crate::db::models::OutboxRow;
 use crate::db::{self, outbox};
-use crate::messaging::consumer::Activity;
 use crate::messaging::publisher::Publisher;
 use crate::messaging::topology::Topology;
 use crate::messaging::{BrokerBlocked, Outgoing};
 use crate::reconnect;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Activity, Shutdown};
 
 /// Rows claimed and published per transaction.
 pub const BATCH_SIZE: i64 = 500;
@@ -46,10 +45,7 @@ fn publish_rows(
         .collect();
     publisher.publish_events(&messages)?;
     let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
-    // Losing this mark in a PostgreSQL crash only republishes the events,
-    // which consumers ignore: no need to wait for the disk.
-    diesel::sql_query("SET LOCAL synchronous_commit = off").execute(conn)?;
-    outbox::mark_published(conn, &ids)?;
+    outbox::mark_published_lazily(conn, &ids)?;
     Ok(())
 }
 
@@ -142,9 +138,7 @@ fn session(
     activity: &Activity,
 ) -> anyhow::Result<()> {
     let mut conn = db::connect(database_url)?;
-    diesel::sql_query(format!("LISTEN {}", outbox::CHANNEL))
-        .execute(&mut conn)
-        .context("LISTEN")?;
+    outbox::listen(&mut conn).context("LISTEN")?;
     let mut publisher = Publisher::connect(amqp_url, topology)?;
     while !shutdown.is_triggered() {
         let published = match drain(&mut conn, &mut publisher, shutdown) {

@@ -19,10 +19,11 @@ use chrono::Utc;
 use serde::Serialize;
 use url::Url;
 
-use crate::config::{redact, Settings};
+use crate::config::Settings;
 use crate::db::{self, notifications, outbox};
 use crate::error::InvalidInput;
 use crate::messaging::{self, topology::Topology, Link};
+use crate::secrets::redact;
 
 /// The most frequent dead-letter reasons listed; the rest are summed up.
 const TOP_REASONS: i64 = 10;

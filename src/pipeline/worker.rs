@@ -15,9 +15,9 @@ use crate::consumers::{Consumer, Deps};
 use crate::db;
 use crate::mail::Mailer;
 use crate::messaging;
-use crate::messaging::consumer::{self, Activity, RunOptions};
+use crate::messaging::consumer::{self, RunOptions};
 use crate::messaging::topology::Topology;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Activity, Shutdown};
 
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {

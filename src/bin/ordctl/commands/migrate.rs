@@ -1,7 +1,7 @@
 //! `ordctl migrate`
 
-use ordctl::config::redact;
 use ordctl::db;
+use ordctl::secrets::redact;
 use serde::Serialize;
 
 use super::Ctx;

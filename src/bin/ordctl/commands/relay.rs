@@ -1,7 +1,7 @@
 //! `ordctl relay`
 
-use ordctl::messaging::consumer::Activity;
 use ordctl::pipeline::relay;
+use ordctl::shutdown::Activity;
 use ordctl::shutdown::Shutdown;
 
 use super::Ctx;

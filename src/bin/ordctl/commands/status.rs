@@ -49,7 +49,7 @@ impl Args {
                 Url::parse(raw).map_err(|e| {
                     InvalidInput::new(format!(
                         "--management-url {} is not a valid URL: {e}",
-                        ordctl::config::redact_str(raw)
+                        ordctl::secrets::redact_str(raw)
                     ))
                 })
             })
