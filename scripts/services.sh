@@ -6,6 +6,7 @@
 #   - build dependencies of the crates (gcc, libc6-dev, pkg-config, libpq-dev,
 #     libssl-dev), the test SMTP server (python3-aiosmtpd) and Postfix's
 #     smtp-sink (package postfix) for the fault suite and the benchmark;
+#     chromium and chromium-driver for the dashboard's browser test;
 #   - PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379 and RabbitMQ on
 #     127.0.0.1:5672: each one not answering is installed from Debian's
 #     packages if needed, started WITHOUT systemd (containers have none) and
@@ -182,6 +183,8 @@ if ! is_installed postfix && command -v debconf-set-selections >/dev/null; then
   echo 'postfix postfix/main_mailer_type select No configuration' | as_root debconf-set-selections
 fi
 ensure_packages smtp-sink postfix
+# Headless Chromium and its WebDriver: the dashboard's browser test (tests/dashboard.rs).
+ensure_packages browser chromium chromium-driver
 ensure_postgres
 ensure_redis
 ensure_rabbitmq
