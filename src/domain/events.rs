@@ -1,5 +1,5 @@
-//! The events the pipeline carries (SPEC "The order system around the
-//! email"): one envelope — `event_id`, `type` (the routing key),
+//! The events the pipeline carries (the README's "How it works" lists
+//! them): one envelope — `event_id`, `type` (the routing key),
 //! `occurred_at` — then each event's payload. Every event is written to the
 //! outbox in the transaction that caused it and published under its type.
 
@@ -132,7 +132,7 @@ macro_rules! event {
 }
 
 event!(
-    /// An order committed (SPEC "Messages").
+    /// An order committed.
     OrderCreated = ORDER_CREATED { order: OrderSnapshot }
 );
 

@@ -1,4 +1,4 @@
-//! The API's errors: `{"error": "one line"}` with the status the SPEC gives
+//! The API's errors: `{"error": "one line"}` with the status the README gives
 //! each kind, and a layer that turns every other 4xx/5xx (an unknown route,
 //! a body over the limit, a timeout) into the same JSON shape.
 

@@ -555,7 +555,7 @@ fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
     })
 }
 
-/// A message taken from a queue, with the properties the SPEC fixes.
+/// A message taken from a queue, with the properties every published event carries.
 #[derive(Clone, Debug)]
 pub struct QueuedMessage {
     pub routing_key: String,

@@ -1,9 +1,10 @@
 //! `ordctl`: parses the command line, sets up logging, runs one subcommand,
-//! prints the error chain once and exits with the code the SPEC gives
-//! (0 success, 1 operational failure, 2 invalid input).
+//! prints the error chain once and exits with the code the README lists
+//! (0 success, 1 operational failure, 2 invalid input, 3 refused).
 
 mod bench;
 mod commands;
+mod flags;
 mod output;
 
 use std::io::IsTerminal;

@@ -1,11 +1,14 @@
 //! `ordctl bench`
 
 use crate::bench::{self, Options, Report};
+use std::time::Duration;
+
 use anyhow::Context;
 use ordctl::error::InvalidInput;
 use ordctl::shutdown::Shutdown;
 
 use super::Ctx;
+use crate::flags;
 use crate::output;
 
 /// Measure this machine's raw limits (pgbench, Postfix's smtp-source,
@@ -36,8 +39,8 @@ pub struct Args {
     latency_rate: Option<f64>,
 
     /// How long the latency phase offers its load.
-    #[arg(long, default_value_t = 20.0, value_name = "SECS")]
-    latency_secs: f64,
+    #[arg(long, default_value = "20", value_name = "SECS", value_parser = flags::positive_seconds)]
+    latency_secs: Duration,
 }
 
 impl Args {
@@ -48,14 +51,11 @@ impl Args {
         {
             return Err(InvalidInput::new("--latency-rate must be a positive number").into());
         }
-        if !(self.latency_secs > 0.0 && self.latency_secs.is_finite()) {
-            return Err(InvalidInput::new("--latency-secs must be a positive number").into());
-        }
         let options = Options {
             orders: self.orders,
             concurrencies: self.concurrency,
             latency_rate: self.latency_rate,
-            latency_secs: self.latency_secs,
+            latency_secs: self.latency_secs.as_secs_f64(),
             worker_exe: std::env::current_exe().context("locating the ordctl binary")?,
         };
         let report = bench::run(&ctx.settings, &options, shutdown)?;

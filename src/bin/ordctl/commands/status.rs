@@ -9,6 +9,7 @@ use ordctl::shutdown::Shutdown;
 use url::Url;
 
 use super::Ctx;
+use crate::flags;
 use crate::output;
 
 /// Show every queue of the namespace (ready, unacked, consumers), the
@@ -21,8 +22,8 @@ use crate::output;
 pub struct Args {
     /// Redraw every SECS seconds until Ctrl-C (on a terminal, in place;
     /// otherwise one snapshot after another, NDJSON with --json).
-    #[arg(long, value_name = "SECS")]
-    watch: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = flags::positive_seconds)]
+    watch: Option<Duration>,
 
     /// RabbitMQ management API, e.g. http://user:pass@rabbit:15672 (default:
     /// derived from the AMQP URL).
@@ -57,7 +58,7 @@ impl Args {
         let management = ManagementApi::new(&ctx.settings.amqp_url, base.as_ref())?;
         let topology = ctx.topology();
         let collect = || status::collect(&ctx.settings, &topology, &management);
-        let Some(secs) = self.watch else {
+        let Some(interval) = self.watch else {
             let status = collect()?;
             return if ctx.json {
                 output::json(&status)
@@ -65,10 +66,7 @@ impl Args {
                 output::line(render(&status))
             };
         };
-        let interval = Duration::try_from_secs_f64(secs)
-            .ok()
-            .filter(|interval| !interval.is_zero())
-            .ok_or_else(|| InvalidInput::new(format!("invalid --watch {secs}: use seconds > 0")))?;
+        let secs = interval.as_secs_f64();
         let in_place = !ctx.json && std::io::stdout().is_terminal();
         if in_place {
             output::line("\x1b[2J")?;

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use ordctl::error::InvalidInput;
 use ordctl::messaging::tap::{self, RoutingPattern, Source, Stop, TapOptions};
 use ordctl::shutdown::Shutdown;
 
 use super::Ctx;
+use crate::flags;
 use crate::output;
 
 /// Watch messages as they flow, without taking them from the pipeline: a
@@ -31,19 +31,13 @@ pub struct Args {
     limit: Option<u64>,
 
     /// Exit after this many seconds without a message.
-    #[arg(long, value_name = "SECS")]
-    idle_timeout: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = flags::seconds)]
+    idle_timeout: Option<Duration>,
 }
 
 impl Args {
     pub fn run(self, ctx: &Ctx, shutdown: &Shutdown) -> anyhow::Result<()> {
-        let idle_timeout = self
-            .idle_timeout
-            .map(|secs| {
-                Duration::try_from_secs_f64(secs)
-                    .map_err(|_| InvalidInput::new(format!("invalid --idle-timeout {secs}")))
-            })
-            .transpose()?;
+        let idle_timeout = self.idle_timeout;
         let options = TapOptions {
             source: if self.dlq {
                 Source::DeadLetters

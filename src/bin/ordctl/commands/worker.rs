@@ -8,6 +8,7 @@ use ordctl::shutdown::Shutdown;
 use ordctl::{consumers, doctor};
 
 use super::Ctx;
+use crate::flags;
 
 /// Run the pipeline's consumers until SIGINT/SIGTERM: confirmation, status
 /// and cancellation emails (notifications), payments, staff alerts.
@@ -46,8 +47,8 @@ pub struct Args {
 
     /// Exit 0 after this many seconds with nothing to do (for scripts and
     /// CI); messages waiting in retry queues count as something to do.
-    #[arg(long, value_name = "SECS")]
-    exit_when_idle: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = flags::seconds)]
+    exit_when_idle: Option<Duration>,
 
     /// Skip the start-up checks (those of `ordctl doctor`) and find out
     /// about a bad setting per message instead.
@@ -57,14 +58,6 @@ pub struct Args {
 
 impl Args {
     pub fn run(self, ctx: &Ctx, shutdown: &Shutdown) -> anyhow::Result<()> {
-        let exit_when_idle = self
-            .exit_when_idle
-            .map(|secs| {
-                Duration::try_from_secs_f64(secs).map_err(|_| {
-                    ordctl::error::InvalidInput::new(format!("invalid --exit-when-idle {secs}"))
-                })
-            })
-            .transpose()?;
         let options = WorkerOptions {
             consumer: RunOptions {
                 concurrency: self.concurrency,
@@ -78,7 +71,7 @@ impl Args {
             })?,
             payment_fail_rate: self.payment_fail_rate,
             relay: !self.no_relay,
-            exit_when_idle,
+            exit_when_idle: self.exit_when_idle,
         };
         let consumers = consumers::select(&self.consumers)?;
         let topology = ctx.topology();
