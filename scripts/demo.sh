@@ -53,6 +53,8 @@ log "order $first: 2 widgets (stock 20 -> 18)"
 run ordctl place-order --user 2 --item "$widget"x9     # 18 -> 9: below 10, staff are alerted
 run ordctl place-order --user 4 --item "$gift"          # 10.13: declined, cancelled, stock back
 run ordctl place-order --user 1 --amount 19.99 --currency EUR
+# 200 more, spread over the users with varied amounts (the few whose cents
+# are 13 are declined too).
 run ordctl place-order --count 200 --concurrency 4
 run ordctl worker --exit-when-idle 3
 
@@ -72,7 +74,8 @@ if [[ -d $maildir/new ]]; then
     awk -v skip="$mail_before" 'NR > skip { sub(/^[^ ]* /, ""); print }' |
     while read -r message; do
       tr -d '\r' <"$message" | sed -n '1,/^$/p' |
-        awk -F': ' 'tolower($1) == "to" { to = $2 } tolower($1) == "subject" { subject = $2 }
+        awk '{ name = tolower($0); sub(/:.*/, "", name); value = $0; sub(/^[^:]*: */, "", value) }
+          name == "to" { to = value } name == "subject" { subject = value }
           END { print "  " subject "  ->  " to }'
     done | awk '!/ confirmed  -> / || ++confirmed <= 3' || true
 fi
