@@ -326,3 +326,160 @@ fn doctor_and_the_worker_refuse_queues_of_another_queue_type() {
     // The classic queues are untouched and still work.
     env.ordctl(["doctor"]).assert_code(0);
 }
+
+/// Makes everything in the env's history look `days` old.
+fn age_history(env: &TestEnv, days: i64) {
+    use diesel::RunQueryDsl;
+    let mut db = env.db();
+    for sql in [
+        format!("UPDATE outbox SET created_at = created_at - interval '{days} days', published_at = published_at - interval '{days} days'"),
+        format!("UPDATE notifications SET created_at = created_at - interval '{days} days', updated_at = updated_at - interval '{days} days', sent_at = sent_at - interval '{days} days'"),
+        format!("UPDATE delivery_attempts SET created_at = created_at - interval '{days} days'"),
+    ] {
+        diesel::sql_query(sql).execute(&mut db).unwrap();
+    }
+}
+
+#[test]
+fn prune_deletes_only_history_every_consumer_delivered_and_a_dry_run_deletes_nothing() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    for user in 1..=3 {
+        env.place_order(user, "10", &[]);
+    }
+    env.run_worker(&[]);
+    // One delivery dead, one event never delivered, one never published.
+    let dead =
+        env.scalar("SELECT min(order_id) AS n FROM notifications WHERE consumer = 'payments'");
+    env.scalar(&format!(
+        "WITH d AS (UPDATE notifications SET status = 'dead' WHERE order_id = {dead} AND consumer = 'payments' RETURNING 1) SELECT count(*) AS n FROM d"
+    ));
+    let undelivered = env.place_order(4, "10", &[])["order_id"].as_i64().unwrap();
+    let unpublished = env.place_order(5, "10", &["--amqp-url", common::DOWN_AMQP_URL])["order_id"]
+        .as_i64()
+        .unwrap();
+    age_history(&env, 40);
+    let notifications_of_dead = env.scalar(&format!(
+        "SELECT count(*) AS n FROM notifications WHERE order_id = {dead}"
+    ));
+
+    let dry = env
+        .ordctl(["prune", "--older-than", "30d", "--dry-run", "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(dry["dry_run"], true);
+    assert!(dry["events"].as_i64().unwrap() >= 5, "{dry}");
+    let outbox_before = env.count("outbox");
+    let attempts_before = env.count("delivery_attempts");
+
+    // Nothing is old enough for a longer age.
+    let none = env
+        .ordctl(["prune", "--older-than", "60d", "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(none["events"], 0);
+    assert_eq!(
+        env.count("outbox"),
+        outbox_before,
+        "the dry run deleted something"
+    );
+
+    let pruned = env
+        .ordctl(["prune", "--older-than", "30d", "--json"])
+        .assert_code(0)
+        .json();
+    for key in ["events", "outbox", "deliveries", "attempts"] {
+        assert_eq!(pruned[key], dry[key], "{key}: {pruned} vs {dry}");
+    }
+    assert_eq!(
+        env.count("delivery_attempts"),
+        attempts_before - pruned["attempts"].as_i64().unwrap()
+    );
+    // What is left: the event with a dead delivery, the one no consumer
+    // received, the one never published, and nothing else.
+    let mut left: Vec<i64> = {
+        use diesel::prelude::*;
+        use ordctl::db::schema::outbox;
+        outbox::table
+            .select(outbox::order_id)
+            .load(&mut env.db())
+            .unwrap()
+    };
+    left.sort();
+    let mut expected = vec![dead, undelivered, unpublished];
+    expected.sort();
+    assert_eq!(left, expected);
+    assert_eq!(env.count("notifications"), notifications_of_dead);
+    assert_eq!(env.count("orders"), 5, "orders are never pruned");
+
+    let bad = env.ordctl(["prune", "--older-than", "soon"]).assert_code(2);
+    assert_eq!(bad.stderr_lines().len(), 1);
+}
+
+#[test]
+fn reconcile_finds_an_event_a_consumer_never_received_and_republishes_it_to_that_consumer_only() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    env.place_order(1, "10", &[]);
+    env.run_worker(&[]);
+    // Published, then lost before any worker saw it.
+    let lost = env.place_order(2, "20", &[]);
+    let queued = env
+        .ordctl(["reconcile", "--older-than", "1s", "--json"])
+        .assert_code(0);
+    assert!(
+        !queued.json()["skipped"].as_array().unwrap().is_empty(),
+        "a consumer with queued messages is not judged"
+    );
+    for consumer in ["notifications", "payments"] {
+        let queue = env.topology().queue(consumer);
+        env.take_messages(&queue);
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let found = env
+        .ordctl(["reconcile", "--older-than", "1s", "--json"])
+        .assert_code(0)
+        .json();
+    let undelivered = found["undelivered"].as_array().unwrap();
+    let mut consumers: Vec<&str> = undelivered
+        .iter()
+        .map(|event| event["consumer"].as_str().unwrap())
+        .collect();
+    consumers.sort();
+    assert_eq!(consumers, ["notifications", "payments"], "{found}");
+    assert!(undelivered
+        .iter()
+        .all(|event| event["order_id"] == lost["order_id"]));
+    assert_eq!(found["republished"], 0);
+    // Not old enough yet for the default age.
+    let young = env.ordctl(["reconcile", "--json"]).assert_code(0).json();
+    assert_eq!(young["undelivered"].as_array().unwrap().len(), 0);
+
+    let republished = env
+        .ordctl(["reconcile", "--older-than", "1s", "--republish", "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(republished["republished"], 2);
+    env.run_worker(&[]);
+    let emails = env.emails();
+    let confirmations = emails
+        .iter()
+        .filter(|email| {
+            email.message_id == format!("<{}@ordctl>", lost["event_id"].as_str().unwrap())
+        })
+        .count();
+    assert_eq!(confirmations, 1, "{emails:#?}");
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT count(*) AS n FROM payments WHERE order_id = {}",
+            lost["order_id"]
+        )),
+        1
+    );
+    let done = env
+        .ordctl(["reconcile", "--older-than", "1s", "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(done["undelivered"].as_array().unwrap().len(), 0, "{done}");
+}

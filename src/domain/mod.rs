@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::InvalidInput;
 
+pub mod age;
 pub mod events;
 
 pub use events::{

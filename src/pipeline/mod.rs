@@ -3,7 +3,9 @@
 pub mod orders;
 pub mod place_order;
 pub mod products;
+pub mod prune;
 pub mod purge;
+pub mod reconcile;
 pub mod relay;
 pub mod replay;
 pub mod seed;

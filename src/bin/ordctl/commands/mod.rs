@@ -9,7 +9,9 @@ mod migrate;
 mod order;
 mod place_order;
 mod product;
+mod prune;
 mod purge;
+mod reconcile;
 mod relay;
 mod replay_dlq;
 mod seed;
@@ -53,6 +55,8 @@ pub enum Command {
     Trace(trace::Args),
     Doctor(doctor::Args),
     Purge(purge::Args),
+    Prune(prune::Args),
+    Reconcile(reconcile::Args),
     Completions(completions::Args),
     Man(man::Args),
 }
@@ -88,6 +92,8 @@ impl Command {
             Self::Trace(args) => args.run(ctx),
             Self::Doctor(args) => args.run(ctx),
             Self::Purge(args) => args.run(ctx),
+            Self::Prune(args) => args.run(ctx),
+            Self::Reconcile(args) => args.run(ctx),
             Self::Completions(args) => args.run(),
             Self::Man(args) => args.run(),
         }
