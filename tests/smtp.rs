@@ -200,25 +200,46 @@ fn emails_go_out_over_implicit_tls() {
     deliver_three(&env, &server, &url, &[("SSL_CERT_FILE", &ca)]);
 }
 
-/// Runs a worker against `smtp_url` with one order waiting, for a few
-/// seconds, and returns what it logged.
-fn worker_log_against(env: &TestEnv, smtp_url: &str, vars: &[(&str, &str)]) -> String {
+/// Runs a worker against `smtp_url` with two orders waiting, for a few
+/// seconds of outage, and returns what it logged. Checks what every outage
+/// must do: hold the messages (no attempt used, nothing dead-lettered, both
+/// back in the queue after the worker stops) and say what is wrong once.
+fn worker_log_against(env: &TestEnv, smtp_url: &str, diagnosis: &str) -> String {
     env.migrate_and_seed();
     env.place_order(1, "12.50", &[]);
-    let mut all = vec![("SMTP_URL", smtp_url)];
-    all.extend_from_slice(vars);
+    env.place_order(2, "12.50", &[]);
     // Past the preflight, which would refuse to start: this is about what
     // the worker does when sending fails.
-    let worker = Running::spawn(env.command_with_env(["worker", "--no-preflight"], &all));
+    let worker = Running::spawn(env.command_with_env(
+        ["worker", "--no-preflight", "--concurrency", "2"],
+        &[("SMTP_URL", smtp_url)],
+    ));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while env.scalar("SELECT count(*) AS n FROM delivery_attempts") == 0
-        && Instant::now() < deadline
-    {
+    while env.queue_depth(&env.work_queue()) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Several tries of each held message.
+    std::thread::sleep(Duration::from_secs(2));
     worker.terminate();
     let run = worker.wait().assert_code(0);
-    assert_eq!(env.emails().len(), 0);
+    assert_eq!(
+        env.scalar("SELECT count(*) AS n FROM delivery_attempts WHERE consumer = 'notifications'"),
+        0,
+        "an outage uses no attempt: {}",
+        run.stderr
+    );
+    assert_eq!(
+        env.queue_depth(&env.work_queue()),
+        2,
+        "both held, then requeued"
+    );
+    assert_eq!(env.queue_depth(&env.dlq()), 0);
+    assert_eq!(
+        run.stderr.matches(diagnosis).count(),
+        1,
+        "{diagnosis:?} once per outage, not per message or try:\n{}",
+        run.stderr
+    );
     run.stderr
 }
 
@@ -227,8 +248,7 @@ fn a_wrong_smtp_password_is_reported_as_an_authentication_failure() {
     let env = TestEnv::new();
     let server = Server::start(env.dir(), "plain", None, true);
     let url = format!("smtp://{USER}:wrong@127.0.0.1:{}", server.port);
-    let log = worker_log_against(&env, &url, &[]);
-    assert!(log.contains("SMTP authentication failed (535"), "{log}");
+    let log = worker_log_against(&env, &url, "SMTP authentication failed (535 5.7.8");
     assert!(
         !log.contains("wrong"),
         "the password is never logged: {log}"
@@ -241,8 +261,7 @@ fn a_server_requiring_a_password_that_gets_none_is_an_authentication_failure() {
     let env = TestEnv::new();
     let server = Server::start(env.dir(), "plain", None, true);
     let url = format!("smtp://127.0.0.1:{}", server.port);
-    let log = worker_log_against(&env, &url, &[]);
-    assert!(log.contains("SMTP authentication failed (530"), "{log}");
+    worker_log_against(&env, &url, "SMTP authentication failed (530 5.7.0");
 }
 
 #[test]
@@ -252,8 +271,11 @@ fn an_untrusted_certificate_is_named_with_the_reason() {
     let server = Server::start(env.dir(), "implicit", Some(&certificate), false);
     let url = format!("smtps://127.0.0.1:{}", server.port);
     // No SSL_CERT_FILE: the system's roots do not know this certificate.
-    let log = worker_log_against(&env, &url, &[]);
-    assert!(log.contains("CN=ordctl test SMTP"), "{log}");
+    let log = worker_log_against(
+        &env,
+        &url,
+        "certificate CN=ordctl test SMTP (for 127.0.0.1)",
+    );
     assert!(
         log.contains("self-signed") || log.contains("self signed"),
         "{log}"
@@ -265,9 +287,9 @@ fn a_refused_connection_names_the_host_and_port() {
     let env = TestEnv::new();
     let port = free_port();
     let url = format!("smtp://127.0.0.1:{port}");
-    let log = worker_log_against(&env, &url, &[]);
-    assert!(
-        log.contains(&format!("127.0.0.1:{port} refused the connection")),
-        "{log}"
+    worker_log_against(
+        &env,
+        &url,
+        &format!("127.0.0.1:{port} refused the connection"),
     );
 }

@@ -141,5 +141,6 @@ pub fn mail_error(error: MailError) -> HandleError {
     match error {
         MailError::Transient(text) => HandleError::Transient(anyhow!(text)),
         MailError::Permanent(text) => HandleError::Permanent(anyhow!(text)),
+        MailError::Unavailable(text) => HandleError::Unavailable(anyhow!(text)),
     }
 }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use lettre::{FileTransport, Message, Transport};
 
-use self::smtp::{Failure, SmtpPool};
+use self::smtp::SmtpPool;
 use crate::config::SmtpSettings;
 
 /// Why an email was not sent; decides retry versus dead letter.
@@ -24,6 +24,10 @@ pub enum MailError {
     /// A 5xx reply or an address the server will never accept.
     #[error("{0}")]
     Permanent(String),
+    /// Not this message: the server takes no email at all right now
+    /// (refused connection, failed TLS, rejected credentials).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 pub enum Mailer {
@@ -56,11 +60,7 @@ impl Mailer {
     /// Sends one email; returns the server's reply (or where the file went).
     pub fn send(&self, email: &Message) -> Result<String, MailError> {
         match self {
-            Self::Smtp(pool) => pool.send(email).map_err(|failure| match failure {
-                Failure::Permanent(text) => MailError::Permanent(text),
-                // An outage is not the message's fault: it may work later.
-                Failure::Transient(text) | Failure::Unavailable(text) => MailError::Transient(text),
-            }),
+            Self::Smtp(pool) => pool.send(email),
             Self::Files(transport, dir) => match transport.send(email) {
                 Ok(id) => Ok(format!(
                     "written {}",

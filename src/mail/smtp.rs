@@ -11,10 +11,10 @@
 //! are reused (checked with RSET after a quiet spell), a connection that
 //! failed is dropped, and `QUIT` is sent to each idle one on drop.
 //!
-//! Failures are sorted by whose fault they are. A 4xx or a connection lost
+//! MailErrors are sorted by whose fault they are. A 4xx or a connection lost
 //! mid-message is this message's transient failure; a 5xx is permanent. A
 //! server that cannot take ANY email — refused connection, failed TLS,
-//! rejected credentials — is an outage ([`Failure::Unavailable`]): it is
+//! rejected credentials — is an outage ([`MailError::Unavailable`]): it is
 //! logged once when it starts and once when it ends, not once per message.
 
 use std::fmt;
@@ -34,6 +34,8 @@ use lettre::Message;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::MailError;
+
 use crate::config::{SmtpSettings, SmtpTls};
 
 /// How long connecting, one SMTP command or one message may take.
@@ -43,21 +45,6 @@ const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(5);
 /// Mechanisms tried, in order, when the URL has credentials.
 const MECHANISMS: &[Mechanism] = &[Mechanism::Plain, Mechanism::Login];
-
-/// Why an email was not sent, by whose fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Failure {
-    /// This message, for now: a 4xx reply, the connection lost mid-message.
-    #[error("{0}")]
-    Transient(String),
-    /// This message, for good: a 5xx reply.
-    #[error("{0}")]
-    Permanent(String),
-    /// Not this message: the server takes no email at all right now
-    /// (refused connection, failed TLS, rejected credentials).
-    #[error("{0}")]
-    Unavailable(String),
-}
 
 /// A pool of SMTP connections to one server; `send` may be called from
 /// many threads at once, each send using a connection of its own.
@@ -97,7 +84,7 @@ impl SmtpPool {
     }
 
     /// Sends one email; returns the server's reply, e.g. `250 2.0.0 Ok`.
-    pub fn send(&self, email: &Message) -> Result<String, Failure> {
+    pub fn send(&self, email: &Message) -> Result<String, MailError> {
         let result = self.runtime.block_on(self.send_async(email));
         self.note_outage(&result);
         result
@@ -105,7 +92,7 @@ impl SmtpPool {
 
     /// Connects, upgrades to TLS and authenticates as a send would, then
     /// says goodbye: checks the settings without sending anything.
-    pub fn check(&self) -> Result<(), Failure> {
+    pub fn check(&self) -> Result<(), MailError> {
         self.runtime.block_on(async {
             let mut connection = self.connect().await?;
             let _ = timeout(connection.quit()).await;
@@ -113,7 +100,7 @@ impl SmtpPool {
         })
     }
 
-    async fn send_async(&self, email: &Message) -> Result<String, Failure> {
+    async fn send_async(&self, email: &Message) -> Result<String, MailError> {
         let mut connection = match self.take_idle().await {
             Some(connection) => connection,
             None => self.connect().await?,
@@ -171,7 +158,7 @@ impl SmtpPool {
 
     /// A new connection: TCP with `TCP_NODELAY`, implicit TLS or STARTTLS
     /// as the URL says, then AUTH when it has credentials.
-    async fn connect(&self) -> Result<AsyncSmtpConnection, Failure> {
+    async fn connect(&self) -> Result<AsyncSmtpConnection, MailError> {
         let settings = &self.settings;
         let server = self.server();
         let tcp = tokio::time::timeout(
@@ -180,7 +167,7 @@ impl SmtpPool {
         )
         .await
         .map_err(|_| {
-            Failure::Unavailable(format!(
+            MailError::Unavailable(format!(
                 "cannot connect to the SMTP server at {server}: no answer within {SMTP_TIMEOUT:?}"
             ))
         })?
@@ -201,7 +188,7 @@ impl SmtpPool {
 
         if settings.tls == SmtpTls::StartTls {
             if !connection.can_starttls() {
-                return Err(Failure::Unavailable(format!(
+                return Err(MailError::Unavailable(format!(
                     "the SMTP server at {server} does not offer STARTTLS, which the URL \
                      requires (?tls=starttls)"
                 )));
@@ -237,40 +224,40 @@ impl SmtpPool {
     async fn implicit_tls(
         &self,
         tcp: TcpStream,
-    ) -> Result<TlsStream<tokio_native_tls::TlsStream<TcpStream>>, Failure> {
+    ) -> Result<TlsStream<tokio_native_tls::TlsStream<TcpStream>>, MailError> {
         let connector = native_tls::TlsConnector::new().map_err(|error| {
-            Failure::Unavailable(format!("setting up TLS for {}: {error}", self.server()))
+            MailError::Unavailable(format!("setting up TLS for {}: {error}", self.server()))
         })?;
         let connector = tokio_native_tls::TlsConnector::from(connector);
         match tokio::time::timeout(SMTP_TIMEOUT, connector.connect(&self.settings.host, tcp)).await
         {
             Ok(Ok(stream)) => Ok(TlsStream(stream)),
             Ok(Err(error)) => Err(self.tls_error(&error.to_string()).await),
-            Err(_) => Err(Failure::Unavailable(format!(
+            Err(_) => Err(MailError::Unavailable(format!(
                 "TLS with the SMTP server at {}: no handshake within {SMTP_TIMEOUT:?}",
                 self.server()
             ))),
         }
     }
 
-    fn tls_parameters(&self, accept_any: bool) -> Result<TlsParameters, Failure> {
+    fn tls_parameters(&self, accept_any: bool) -> Result<TlsParameters, MailError> {
         TlsParameters::builder(self.settings.host.clone())
             .dangerous_accept_invalid_certs(accept_any)
             .dangerous_accept_invalid_hostnames(accept_any)
             .build()
             .map_err(|error| {
-                Failure::Unavailable(format!("setting up TLS for {}: {error}", self.server()))
+                MailError::Unavailable(format!("setting up TLS for {}: {error}", self.server()))
             })
     }
 
     /// A failed TLS handshake, with the certificate the server presented
     /// (fetched again without verifying it) and why it was refused.
-    async fn tls_error(&self, reason: &str) -> Failure {
+    async fn tls_error(&self, reason: &str) -> MailError {
         let certificate = match self.peer_certificate().await {
             Some(der) => describe_certificate(&der),
             None => "its certificate could not be read".to_string(),
         };
-        Failure::Unavailable(format!(
+        MailError::Unavailable(format!(
             "TLS with the SMTP server at {} failed: {certificate}: {reason}",
             self.server()
         ))
@@ -309,27 +296,27 @@ impl SmtpPool {
         tokio::time::timeout(SMTP_TIMEOUT, fetch).await.ok()?
     }
 
-    fn handshake_error(&self, doing: &str, error: &StepError) -> Failure {
-        Failure::Unavailable(format!("{doing} at {}: {error}", self.server()))
+    fn handshake_error(&self, doing: &str, error: &StepError) -> MailError {
+        MailError::Unavailable(format!("{doing} at {}: {error}", self.server()))
     }
 
     /// A failed send: 530/535 mean our credentials (an outage), other
     /// replies are about this message, and a lost connection is transient.
-    fn classify_send_error(&self, error: &StepError) -> Failure {
+    fn classify_send_error(&self, error: &StepError) -> MailError {
         let text = error.to_string();
         match error.status().map(|code| code.to_string()) {
             Some(code) if code == "530" || code == "535" => auth_failed(&text),
-            _ if error.is_permanent() => Failure::Permanent(text),
-            Some(_) => Failure::Transient(text),
-            None => Failure::Transient(format!("sending to {}: {text}", self.server())),
+            _ if error.is_permanent() => MailError::Permanent(text),
+            Some(_) => MailError::Transient(text),
+            None => MailError::Transient(format!("sending to {}: {text}", self.server())),
         }
     }
 
     /// Logs an outage when it starts or changes, and when it ends.
-    fn note_outage(&self, result: &Result<String, Failure>) {
+    fn note_outage(&self, result: &Result<String, MailError>) {
         let mut outage = self.outage.lock().unwrap();
         match result {
-            Err(Failure::Unavailable(text)) => {
+            Err(MailError::Unavailable(text)) => {
                 if outage.as_deref() != Some(text.as_str()) {
                     tracing::error!("SMTP unavailable: {text}");
                     *outage = Some(text.clone());
@@ -367,12 +354,12 @@ impl fmt::Debug for SmtpPool {
     }
 }
 
-fn auth_failed(reply: &str) -> Failure {
-    Failure::Unavailable(format!("SMTP authentication failed ({reply})"))
+fn auth_failed(reply: &str) -> MailError {
+    MailError::Unavailable(format!("SMTP authentication failed ({reply})"))
 }
 
-fn connect_error(server: &str, error: &io::Error) -> Failure {
-    Failure::Unavailable(match error.kind() {
+fn connect_error(server: &str, error: &io::Error) -> MailError {
+    MailError::Unavailable(match error.kind() {
         io::ErrorKind::ConnectionRefused => {
             format!("the SMTP server at {server} refused the connection (is it running?)")
         }

@@ -44,6 +44,12 @@ pub enum HandleError {
     /// Will never work: a malformed event, an unknown user, an SMTP 5xx.
     #[error("{0:#}")]
     Permanent(anyhow::Error),
+    /// Not this message's fault: a service every message needs is out (the
+    /// SMTP server refuses the connection, the password, the certificate).
+    /// The slot holds the message, unacked and without using an attempt,
+    /// and tries it again after a pause, until the service is back.
+    #[error("{0:#}")]
+    Unavailable(anyhow::Error),
 }
 
 impl HandleError {
@@ -51,6 +57,7 @@ impl HandleError {
         match self {
             Self::Transient(_) => "transient",
             Self::Permanent(_) => "permanent",
+            Self::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -169,6 +176,14 @@ fn session(
 
 /// How long a slot pauses after consecutive transient failures, at most.
 const SLOT_PAUSE_MAX: Duration = Duration::from_secs(5);
+/// How long a slot holding a message through an outage waits between
+/// tries, at most.
+const OUTAGE_PAUSE_MAX: Duration = Duration::from_secs(10);
+/// Messages the broker sends a slot ahead of the one it is handling, so
+/// the next is already here when the ack of this one goes out (no round
+/// trip between messages). They are handled in order, and a shutdown or
+/// crash returns them to the queue unacked, like the one in hand.
+const PREFETCH_PER_SLOT: u16 = 2;
 
 /// One channel, one message at a time.
 struct Slot<'a> {
@@ -181,7 +196,7 @@ struct Slot<'a> {
 
 impl Slot<'_> {
     fn run(&self, shutdown: &Shutdown, failed: &AtomicBool) -> anyhow::Result<()> {
-        self.channel.qos(0, 1, false)?;
+        self.channel.qos(0, PREFETCH_PER_SLOT, false)?;
         let mut confirms = Confirms::enable(self.channel)?;
         let queue = self.topology.queue(self.handler.spec().name);
         let consumer = self
@@ -195,7 +210,7 @@ impl Slot<'_> {
             match consumer.receiver().recv_timeout(Duration::from_millis(100)) {
                 Ok(ConsumerMessage::Delivery(delivery)) => {
                     self.activity.begin();
-                    let result = self.process(&mut confirms, delivery);
+                    let result = self.process(&mut confirms, delivery, shutdown);
                     self.activity.end();
                     if result? {
                         shutdown.sleep(backoff.next_delay());
@@ -223,8 +238,14 @@ impl Slot<'_> {
 
     /// Handles one delivery and acks it — after its retry or dead letter was
     /// confirmed. An error leaves it unacked for redelivery. Returns whether
-    /// it failed transiently.
-    fn process(&self, confirms: &mut Confirms, delivery: Delivery) -> anyhow::Result<bool> {
+    /// it failed transiently. Through an outage it holds the delivery and
+    /// tries again; a shutdown meanwhile leaves it unacked (requeued).
+    fn process(
+        &self,
+        confirms: &mut Confirms,
+        delivery: Delivery,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<bool> {
         let properties = &delivery.properties;
         let headers = properties.headers().as_ref();
         let attempt = header_int(headers, headers::ATTEMPTS).unwrap_or(0).max(0) as u32 + 1;
@@ -243,19 +264,20 @@ impl Slot<'_> {
         );
         let _entered = span.enter();
 
-        // A poison message must not take the worker down: a panic in the
-        // handler is a permanent failure of that message.
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.handle(&message)))
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                Err(HandleError::Permanent(anyhow::anyhow!(
-                    "the handler panicked: {what}"
-                )))
-            });
+        let mut pause = Backoff::up_to(OUTAGE_PAUSE_MAX);
+        let result = loop {
+            match self.handle(&message) {
+                // The handler's service logs the outage once; per message
+                // it is only a debug line.
+                Err(HandleError::Unavailable(error)) => {
+                    tracing::debug!(%error, "holding the message through an outage");
+                    if shutdown.sleep(pause.next_delay()) {
+                        return Ok(false);
+                    }
+                }
+                result => break result,
+            }
+        };
         let transient = matches!(result, Err(HandleError::Transient(_)));
         if let Err(error) = result {
             let spec = self.handler.spec();
@@ -295,6 +317,25 @@ impl Slot<'_> {
         }
         delivery.ack(self.channel).context("acking")?;
         Ok(transient)
+    }
+}
+
+impl Slot<'_> {
+    /// Runs the handler once. A poison message must not take the worker
+    /// down: a panic in the handler is a permanent failure of that message.
+    fn handle(&self, message: &Message<'_>) -> Result<(), HandleError> {
+        std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.handle(message))).unwrap_or_else(
+            |panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(HandleError::Permanent(anyhow::anyhow!(
+                    "the handler panicked: {what}"
+                )))
+            },
+        )
     }
 }
 
