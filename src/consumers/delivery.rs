@@ -64,9 +64,10 @@ pub fn once(
             return Ok(Outcome::AlreadyDone);
         }
         let reply = effect(conn)?;
-        notifications::mark_sent(conn, delivery.event_id, delivery.consumer, &reply)
+        // The `sent` mark and its attempt row in one round trip.
+        let attempt = delivery.attempt as i32;
+        notifications::mark_sent(conn, delivery.event_id, delivery.consumer, attempt, &reply)
             .map_err(db_error)?;
-        record_attempt(conn, delivery, delivery_attempts::SENT, None, Some(&reply))?;
         Ok(Outcome::Done { reply })
     })
 }

@@ -5,7 +5,6 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Uuid as SqlUuid};
 use uuid::Uuid;
 
-use super::clock_timestamp;
 use super::models::{NewNotification, Notification};
 use super::schema::notifications;
 
@@ -30,25 +29,28 @@ pub fn lock_for_delivery(
         .get_result(conn)
 }
 
+/// Marks the delivery `sent` and records the attempt that sent it, in one
+/// statement (one round trip in the delivery transaction, which holds the
+/// row lock while the effect runs). Returns the attempt rows written (1).
 pub fn mark_sent(
     conn: &mut PgConnection,
     event_id: Uuid,
     consumer: &str,
-    smtp_reply: &str,
+    attempt: i32,
+    reply: &str,
 ) -> QueryResult<usize> {
-    diesel::update(
-        notifications::table
-            .filter(notifications::event_id.eq(event_id))
-            .filter(notifications::consumer.eq(consumer)),
+    diesel::sql_query(
+        "WITH sent AS ( \
+             UPDATE notifications SET status = 'sent', attempts = attempts + 1, \
+                 smtp_reply = $3, sent_at = clock_timestamp(), updated_at = now() \
+             WHERE event_id = $1 AND consumer = $2 RETURNING order_id) \
+         INSERT INTO delivery_attempts (event_id, consumer, order_id, attempt, outcome, smtp_reply) \
+         SELECT $1, $2, order_id, $4, 'sent', $3 FROM sent",
     )
-    .set((
-        notifications::status.eq(SENT),
-        notifications::attempts.eq(notifications::attempts + 1),
-        notifications::smtp_reply.eq(smtp_reply),
-        // The moment of the SMTP server's 250, not the transaction's start.
-        notifications::sent_at.eq(clock_timestamp().nullable()),
-        notifications::updated_at.eq(now),
-    ))
+    .bind::<SqlUuid, _>(event_id)
+    .bind::<Text, _>(consumer)
+    .bind::<Text, _>(reply)
+    .bind::<diesel::sql_types::Integer, _>(attempt)
     .execute(conn)
 }
 
