@@ -172,7 +172,7 @@ fn deliver_three(env: &TestEnv, server: &Server, smtp_url: &str, vars: &[(&str, 
     let run = worker.wait().assert_code(0);
     assert_eq!(emails.len(), 3, "{}", run.stderr);
     assert_eq!(
-        env.scalar("SELECT count(*) AS n FROM notifications WHERE status = 'sent'"),
+        env.scalar("SELECT count(*) AS n FROM notifications WHERE status = 'sent' AND consumer = 'notifications'"),
         3
     );
 }

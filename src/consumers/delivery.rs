@@ -4,8 +4,9 @@
 //! replayed or concurrently delivered event has its effect once.
 
 use anyhow::anyhow;
+use anyhow::Context;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::{Connection, PgConnection};
+use diesel::{Connection, PgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::db::delivery_attempts::{self, NewAttempt};
@@ -37,6 +38,12 @@ pub enum Outcome {
 /// Runs `effect` at most once per (event, consumer). The delivery-log row
 /// stays locked while it runs, so a concurrent duplicate waits and then
 /// does nothing; the effect's database writes commit with the `sent` mark.
+///
+/// The commit does not wait for the disk: the consumer's
+/// [`Handler::durable`](crate::messaging::consumer::Handler::durable) must
+/// call [`make_durable`] before its messages are acked, so one flush
+/// covers every delivery a slot handled since. The mark is visible to
+/// other transactions at once, so a redelivery still finds it `sent`.
 pub fn once(
     db: &PgPool,
     delivery: &Delivery<'_>,
@@ -53,6 +60,9 @@ pub fn once(
         message_id: delivery.message_id,
     };
     conn.transaction(|conn| {
+        diesel::sql_query("SET LOCAL synchronous_commit TO OFF")
+            .execute(conn)
+            .map_err(db_error)?;
         let logged = notifications::lock_for_delivery(conn, &row).map_err(db_error)?;
         if logged.status == notifications::SENT {
             tracing::info!(
@@ -70,6 +80,20 @@ pub fn once(
             .map_err(db_error)?;
         Ok(Outcome::Done { reply })
     })
+}
+
+/// Waits until every transaction committed so far on this server is on
+/// disk: a transaction that takes an id commits with the session's
+/// `synchronous_commit = on`, and flushing its commit record flushes the
+/// write-ahead log before it, where every earlier commit is.
+pub fn make_durable(db: &PgPool) -> anyhow::Result<()> {
+    let mut conn = db.get().context("getting a database connection")?;
+    conn.transaction(|conn| {
+        diesel::sql_query("SELECT pg_current_xact_id()").execute(conn)?;
+        diesel::QueryResult::Ok(())
+    })
+    .context("flushing the delivery log to disk")?;
+    Ok(())
 }
 
 /// Records a failed attempt (`retrying` or `dead`) after the delivery

@@ -90,6 +90,10 @@ impl Handler for Notifier {
         self.deliver(&event, message.attempt).map(drop)
     }
 
+    fn durable(&self) -> anyhow::Result<()> {
+        delivery::make_durable(&self.db)
+    }
+
     fn failed(
         &self,
         message: &Message<'_>,

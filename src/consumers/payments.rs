@@ -198,6 +198,10 @@ impl Handler for Payments {
         self.pay(&event, message.attempt).map(drop)
     }
 
+    fn durable(&self) -> anyhow::Result<()> {
+        delivery::make_durable(&self.db)
+    }
+
     fn failed(
         &self,
         message: &Message<'_>,

@@ -61,6 +61,10 @@ impl Handler for StaffAlerts {
         .map(drop)
     }
 
+    fn durable(&self) -> anyhow::Result<()> {
+        delivery::make_durable(&self.db)
+    }
+
     fn failed(
         &self,
         message: &Message<'_>,

@@ -95,6 +95,15 @@ pub trait Handler: Send + Sync {
     ) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// Makes everything this handler recorded so far durable. The runtime
+    /// calls it before acking the messages handled since the last call, so
+    /// a handler may commit its records without waiting for the disk (one
+    /// flush then covers many messages) and still never have a message
+    /// acked whose record could be lost.
+    fn durable(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -179,11 +188,12 @@ const SLOT_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// How long a slot holding a message through an outage waits between
 /// tries, at most.
 const OUTAGE_PAUSE_MAX: Duration = Duration::from_secs(10);
-/// Messages the broker sends a slot ahead of the one it is handling, so
-/// the next is already here when the ack of this one goes out (no round
-/// trip between messages). They are handled in order, and a shutdown or
-/// crash returns them to the queue unacked, like the one in hand.
-const PREFETCH_PER_SLOT: u16 = 2;
+/// Unacked messages a slot may hold: the broker sends the next ones while
+/// it handles one (no round trip between messages), and the handled ones
+/// are acked together after one [`Handler::durable`] — one disk flush for
+/// up to this many deliveries. They are handled in order, and a shutdown
+/// or crash returns the unacked ones to the queue.
+const PREFETCH_PER_SLOT: u16 = 16;
 
 /// One channel, one message at a time.
 struct Slot<'a> {
@@ -206,13 +216,25 @@ impl Slot<'_> {
         // PostgreSQL down) the slot slows down instead of burning through
         // the queue's retry budget.
         let mut backoff = Backoff::up_to(SLOT_PAUSE_MAX);
+        // Handled, not yet acked: waiting for one durable() for all.
+        let mut handled: Vec<Delivery> = Vec::new();
         while !shutdown.is_triggered() && !failed.load(Ordering::SeqCst) {
             match consumer.receiver().recv_timeout(Duration::from_millis(100)) {
                 Ok(ConsumerMessage::Delivery(delivery)) => {
                     self.activity.begin();
-                    let result = self.process(&mut confirms, delivery, shutdown);
+                    let result = self.process(&mut confirms, delivery, shutdown, &mut handled);
                     self.activity.end();
-                    if result? {
+                    let transient = result?;
+                    // Ack once no more messages wait here (or the slot
+                    // holds its most): under load, many acks share one
+                    // flush; when idle, each message is acked at once.
+                    if transient
+                        || handled.len() >= usize::from(PREFETCH_PER_SLOT)
+                        || consumer.receiver().is_empty()
+                    {
+                        self.ack(&mut handled)?;
+                    }
+                    if transient {
                         shutdown.sleep(backoff.next_delay());
                     } else {
                         backoff.reset();
@@ -223,6 +245,7 @@ impl Slot<'_> {
                 Err(RecvTimeoutError::Disconnected) => bail!("consumer on {queue} disconnected"),
             }
         }
+        self.ack(&mut handled)?;
         // Cancel explicitly and wait for the broker's answer: dropping the
         // consumer instead leaves amiquip's I/O thread sending to a closed
         // receiver. A message delivered meanwhile is not acked, so the
@@ -236,15 +259,33 @@ impl Slot<'_> {
         Ok(())
     }
 
-    /// Handles one delivery and acks it — after its retry or dead letter was
-    /// confirmed. An error leaves it unacked for redelivery. Returns whether
-    /// it failed transiently. Through an outage it holds the delivery and
-    /// tries again; a shutdown meanwhile leaves it unacked (requeued).
+    /// Acks the handled deliveries once the handler made their records
+    /// durable. If it cannot, none is acked: the broker redelivers them and
+    /// the delivery log makes the repeat harmless.
+    fn ack(&self, handled: &mut Vec<Delivery>) -> anyhow::Result<()> {
+        if handled.is_empty() {
+            return Ok(());
+        }
+        self.handler
+            .durable()
+            .context("making the delivery log durable before acking")?;
+        for delivery in handled.drain(..) {
+            delivery.ack(self.channel).context("acking")?;
+        }
+        Ok(())
+    }
+
+    /// Handles one delivery and adds it to `handled`, to be acked — after
+    /// its retry or dead letter was confirmed. An error leaves it unacked
+    /// for redelivery. Returns whether it failed transiently. Through an
+    /// outage it acks what was handled before, holds the delivery and tries
+    /// again; a shutdown meanwhile leaves it unacked (requeued).
     fn process(
         &self,
         confirms: &mut Confirms,
         delivery: Delivery,
         shutdown: &Shutdown,
+        handled: &mut Vec<Delivery>,
     ) -> anyhow::Result<bool> {
         let properties = &delivery.properties;
         let headers = properties.headers().as_ref();
@@ -265,19 +306,31 @@ impl Slot<'_> {
         let _entered = span.enter();
 
         let mut pause = Backoff::up_to(OUTAGE_PAUSE_MAX);
+        let mut holding = false;
         let result = loop {
             match self.handle(&message) {
                 // The handler's service logs the outage once; per message
                 // it is only a debug line.
                 Err(HandleError::Unavailable(error)) => {
                     tracing::debug!(%error, "holding the message through an outage");
+                    self.ack(handled)?;
+                    // Waiting for a service is not work: `--exit-when-idle`
+                    // may end the worker, and the message is requeued.
+                    if !holding {
+                        self.activity.end();
+                        holding = true;
+                    }
                     if shutdown.sleep(pause.next_delay()) {
+                        self.activity.begin();
                         return Ok(false);
                     }
                 }
                 result => break result,
             }
         };
+        if holding {
+            self.activity.begin();
+        }
         let transient = matches!(result, Err(HandleError::Transient(_)));
         if let Err(error) = result {
             let spec = self.handler.spec();
@@ -315,7 +368,7 @@ impl Slot<'_> {
                 tracing::warn!("recording the failure: {log_error:#}");
             }
         }
-        delivery.ack(self.channel).context("acking")?;
+        handled.push(delivery);
         Ok(transient)
     }
 }
