@@ -11,7 +11,7 @@ use url::Url;
 use crate::domain::Namespace;
 use crate::error::InvalidInput;
 use crate::messaging::topology::QueueType;
-use crate::secrets::{redact, redact_str};
+use crate::secrets::{decode, redact, redact_str};
 
 /// The global flags, as clap parses them. Values stay strings here so that a
 /// malformed URL is reported by [`Settings::parse`] with its password masked
@@ -217,13 +217,6 @@ impl fmt::Display for SmtpSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&redact(&self.url))
     }
-}
-
-fn decode(part: &str) -> String {
-    url::form_urlencoded::parse(format!("x={part}").as_bytes())
-        .next()
-        .map(|(_, value)| value.into_owned())
-        .unwrap_or_default()
 }
 
 fn parse_url(flag: &str, raw: &str, schemes: &[&str]) -> Result<Url, InvalidInput> {

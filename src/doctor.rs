@@ -12,9 +12,9 @@ use serde::Serialize;
 use crate::config::{Settings, SmtpTls};
 use crate::db;
 use crate::mail;
+use crate::messaging::management::ManagementApi;
 use crate::messaging::topology::Topology;
 use crate::messaging::Link;
-use crate::pipeline::status::ManagementApi;
 use crate::secrets::redact;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -1,5 +1,5 @@
-//! Secrets redaction: URLs are shown in messages, logs and JSON with their
-//! password masked, including URLs that failed to parse.
+//! Secrets in URLs: masked wherever a URL is shown (messages, logs, JSON),
+//! including URLs that failed to parse, and decoded where they are used.
 
 use url::Url;
 
@@ -31,6 +31,14 @@ pub fn redact_str(raw: &str) -> String {
         ),
         None => raw.to_string(),
     }
+}
+
+/// A percent-encoded URL part (user, password, virtual host) as it is meant.
+pub fn decode(part: &str) -> String {
+    url::form_urlencoded::parse(format!("x={part}").as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

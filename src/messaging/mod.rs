@@ -3,20 +3,21 @@
 
 pub mod consumer;
 pub mod link;
+pub mod management;
 pub mod publisher;
+pub mod table;
 pub mod tap;
 pub mod topology;
 
 use std::time::Duration;
 
-use amiquip::{
-    AmqpProperties, AmqpValue, Channel, Confirm, ConfirmSmoother, Connection, FieldTable, Publish,
-};
+use amiquip::{AmqpProperties, Channel, Confirm, ConfirmSmoother, Connection, FieldTable, Publish};
 use anyhow::{bail, Context};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use url::Url;
 
 pub use link::{BrokerBlocked, Link};
+pub use table::{header_int, header_str};
 
 /// How long a publish may wait for the broker's confirm before the channel
 /// is considered broken.
@@ -184,23 +185,4 @@ pub fn queue_counts(channel: &Channel, queue: &str) -> anyhow::Result<(u64, u64)
         u64::from(declared.declared_message_count().unwrap_or(0)),
         u64::from(declared.declared_consumer_count().unwrap_or(0)),
     ))
-}
-
-/// A header value as a string, if it is one.
-pub fn header_str<'a>(headers: Option<&'a FieldTable>, key: &str) -> Option<&'a str> {
-    match headers?.get(key)? {
-        AmqpValue::LongString(value) => Some(value),
-        _ => None,
-    }
-}
-
-/// A header value as an integer, if it is one.
-pub fn header_int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
-    match headers?.get(key)? {
-        AmqpValue::LongLongInt(value) => Some(*value),
-        AmqpValue::LongInt(value) => Some(i64::from(*value)),
-        AmqpValue::ShortInt(value) => Some(i64::from(*value)),
-        AmqpValue::LongUInt(value) => Some(i64::from(*value)),
-        _ => None,
-    }
 }

@@ -9,11 +9,10 @@
 //! matched here against the original routing key this tool stamps on them.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use amiquip::{
-    AmqpValue, Channel, ConsumerMessage, ConsumerOptions, Delivery, FieldTable,
+    AmqpValue, Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery, FieldTable,
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use anyhow::{bail, Context};
@@ -23,9 +22,10 @@ use serde::Serialize;
 use serde_json::Value;
 use url::Url;
 
+use super::connect;
 use super::consumer::headers;
+use super::table::{self, header_int, header_str};
 use super::topology::Topology;
-use super::{connect, header_int, header_str};
 use crate::error::InvalidInput;
 use crate::shutdown::Shutdown;
 
@@ -135,17 +135,23 @@ pub struct Tapped {
     /// Parsed JSON when the body is JSON, otherwise the body as text.
     pub body: Value,
     #[serde(skip)]
-    kind: Kind,
+    pub kind: Kind,
+    /// Attempts made before this copy (the attempts header).
     #[serde(skip)]
-    attempts: Option<i64>,
+    pub attempts: Option<i64>,
+    /// Why it failed, for a retried or dead-lettered copy.
     #[serde(skip)]
-    reason: Option<String>,
+    pub reason: Option<String>,
 }
 
+/// Which exchange a tapped copy came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
+    /// A new event, from `{ns}.events`.
     Event,
+    /// A retry on its way to a delay queue, from `{ns}.retry`.
     Retry,
+    /// A dead letter, from `{ns}.dead`.
     Dead,
 }
 
@@ -181,7 +187,7 @@ impl Tapped {
                 .map(|table| {
                     table
                         .iter()
-                        .map(|(key, value)| (key.clone(), json_value(value)))
+                        .map(|(key, value)| (key.clone(), table::to_json(value)))
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -191,97 +197,6 @@ impl Tapped {
             attempts: header_int(table, headers::ATTEMPTS),
             reason,
         }
-    }
-
-    /// One line for people: time, routing key, order, user, amount, attempt
-    /// and, for a failed message, why.
-    pub fn line(&self) -> String {
-        let mut line = format!(
-            "{} {}",
-            self.received_at.format("%H:%M:%S%.3fZ"),
-            self.original_routing_key
-        );
-        match self.kind {
-            Kind::Event => {}
-            Kind::Retry => {
-                let _ = write!(line, " [retry via {}]", self.routing_key);
-            }
-            Kind::Dead => line.push_str(" [dead-lettered]"),
-        }
-        let order = &self.body["order"];
-        if order.is_object() {
-            let field = |name: &str| match &order[name] {
-                Value::String(text) => text.clone(),
-                Value::Null => "?".into(),
-                other => other.to_string(),
-            };
-            let _ = write!(
-                line,
-                " order={} user={} amount={} {}",
-                field("id"),
-                field("user_id"),
-                field("amount"),
-                field("currency")
-            );
-        } else {
-            let text = match &self.body {
-                Value::String(text) => text.clone(),
-                other => other.to_string(),
-            };
-            let _ = write!(line, " body={:?}", shorten(&text, 60));
-        }
-        // The attempt this copy stands for: the next one for an event or a
-        // retry, the last one made for a dead letter.
-        let done = self.attempts.unwrap_or(0).max(0);
-        match self.kind {
-            Kind::Dead => {
-                let _ = write!(line, " attempts={done}");
-            }
-            Kind::Event | Kind::Retry => {
-                let _ = write!(line, " attempt={}", done + 1);
-            }
-        }
-        if let Some(reason) = &self.reason {
-            let _ = write!(line, " reason={:?}", shorten(reason, 200));
-        }
-        line
-    }
-}
-
-fn shorten(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
-    }
-}
-
-/// An AMQP header value as JSON.
-fn json_value(value: &AmqpValue) -> Value {
-    match value {
-        AmqpValue::Boolean(b) => Value::Bool(*b),
-        AmqpValue::ShortShortInt(n) => (*n).into(),
-        AmqpValue::ShortShortUInt(n) => (*n).into(),
-        AmqpValue::ShortInt(n) => (*n).into(),
-        AmqpValue::ShortUInt(n) => (*n).into(),
-        AmqpValue::LongInt(n) => (*n).into(),
-        AmqpValue::LongUInt(n) => (*n).into(),
-        AmqpValue::LongLongInt(n) => (*n).into(),
-        AmqpValue::Timestamp(n) => (*n).into(),
-        AmqpValue::Float(f) => {
-            serde_json::Number::from_f64(f64::from(*f)).map_or(Value::Null, Value::Number)
-        }
-        AmqpValue::Double(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
-        AmqpValue::DecimalValue(d) => Value::String(format!("{}e-{}", d.value, d.scale)),
-        AmqpValue::LongString(text) => Value::String(text.clone()),
-        AmqpValue::FieldArray(items) => Value::Array(items.iter().map(json_value).collect()),
-        AmqpValue::FieldTable(table) => Value::Object(
-            table
-                .iter()
-                .map(|(key, value)| (key.clone(), json_value(value)))
-                .collect(),
-        ),
-        AmqpValue::ByteArray(bytes) => Value::String(String::from_utf8_lossy(bytes).into()),
-        AmqpValue::Void => Value::Null,
     }
 }
 
@@ -344,6 +259,39 @@ fn bind_and_consume(
     shutdown: &Shutdown,
     sink: &mut dyn FnMut(&Tapped) -> anyhow::Result<()>,
 ) -> anyhow::Result<Stop> {
+    let watched = bind(channel, queue, topology, options)?;
+    channel.qos(0, PREFETCH, false)?;
+    let consumer = channel.basic_consume(
+        queue,
+        ConsumerOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+    )?;
+    // Said once bound: from here on nothing published is missed.
+    tracing::info!("tapping {watched} through {queue}");
+    let outcome = consume(&consumer, topology, options, shutdown, sink);
+    // Cancel explicitly and wait for the broker's answer (see the consumer
+    // runtime): dropping the consumer would leave amiquip's I/O thread
+    // sending to a closed receiver.
+    if consumer.cancel().is_ok() {
+        while let Ok(message) = consumer.receiver().recv_timeout(Duration::from_secs(5)) {
+            if !matches!(message, ConsumerMessage::Delivery(_)) {
+                break;
+            }
+        }
+    }
+    outcome
+}
+
+/// Binds the tap queue for `options.source`; returns what it watches, for
+/// the log.
+fn bind(
+    channel: &Channel,
+    queue: &str,
+    topology: &Topology,
+    options: &TapOptions,
+) -> anyhow::Result<String> {
     let bind = |exchange: String, key: String| {
         channel
             .queue_bind(queue, exchange.as_str(), key.as_str(), FieldTable::new())
@@ -376,20 +324,20 @@ fn bind_and_consume(
             )
         }
     };
+    Ok(watched)
+}
 
-    channel.qos(0, PREFETCH, false)?;
-    let consumer = channel.basic_consume(
-        queue,
-        ConsumerOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-    )?;
-    // Said once bound: from here on nothing published is missed.
-    tracing::info!("tapping {watched} through {queue}");
+/// Hands matching messages to `sink` until a stop condition.
+fn consume(
+    consumer: &Consumer<'_>,
+    topology: &Topology,
+    options: &TapOptions,
+    shutdown: &Shutdown,
+    sink: &mut dyn FnMut(&Tapped) -> anyhow::Result<()>,
+) -> anyhow::Result<Stop> {
     let mut seen = 0u64;
     let mut last_seen = Instant::now();
-    let outcome = loop {
+    loop {
         if shutdown.is_triggered() {
             break Ok(Stop::Interrupted);
         }
@@ -423,18 +371,7 @@ fn bind_and_consume(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => bail!("the tap's consumer disconnected"),
         }
-    };
-    // Cancel explicitly and wait for the broker's answer (see the consumer
-    // runtime): dropping the consumer would leave amiquip's I/O thread
-    // sending to a closed receiver.
-    if consumer.cancel().is_ok() {
-        while let Ok(message) = consumer.receiver().recv_timeout(Duration::from_secs(5)) {
-            if !matches!(message, ConsumerMessage::Delivery(_)) {
-                break;
-            }
-        }
     }
-    outcome
 }
 
 #[cfg(test)]
@@ -472,64 +409,5 @@ mod tests {
         assert!(RoutingPattern::parse("").is_err());
         assert!(RoutingPattern::parse(&"a".repeat(256)).is_err());
         assert_eq!(RoutingPattern::default().as_str(), "#");
-    }
-
-    #[test]
-    fn header_values_become_json() {
-        let mut table = FieldTable::new();
-        table.insert("n".into(), AmqpValue::LongLongInt(3));
-        table.insert("s".into(), AmqpValue::LongString("x".into()));
-        let value = json_value(&AmqpValue::FieldArray(vec![
-            AmqpValue::Boolean(true),
-            AmqpValue::FieldTable(table),
-            AmqpValue::Void,
-        ]));
-        assert_eq!(value, serde_json::json!([true, {"n": 3, "s": "x"}, null]));
-    }
-
-    fn tapped(kind: Kind, body: Value, attempts: Option<i64>, reason: Option<&str>) -> Tapped {
-        Tapped {
-            received_at: DateTime::parse_from_rfc3339("2026-11-21T10:00:01.250Z")
-                .unwrap()
-                .into(),
-            exchange: "t.dead".into(),
-            routing_key: "notifications.5s".into(),
-            original_routing_key: "order.created".into(),
-            message_id: Some("e1".into()),
-            published_at: None,
-            headers: BTreeMap::new(),
-            body,
-            kind,
-            attempts,
-            reason: reason.map(String::from),
-        }
-    }
-
-    #[test]
-    fn a_line_names_time_key_order_user_amount_and_attempt() {
-        let body = serde_json::json!({"order": {"id": 42, "user_id": 3, "amount": "42.00", "currency": "USD"}});
-        assert_eq!(
-            tapped(Kind::Event, body.clone(), None, None).line(),
-            "10:00:01.250Z order.created order=42 user=3 amount=42.00 USD attempt=1"
-        );
-        assert_eq!(
-            tapped(Kind::Retry, body, Some(1), Some("transient: SMTP 451")).line(),
-            "10:00:01.250Z order.created [retry via notifications.5s] order=42 user=3 amount=42.00 USD attempt=2 reason=\"transient: SMTP 451\""
-        );
-    }
-
-    #[test]
-    fn a_dead_letter_line_gives_the_attempts_and_the_reason() {
-        let line = tapped(
-            Kind::Dead,
-            Value::String("not json".into()),
-            Some(1),
-            Some("permanent: not an event"),
-        )
-        .line();
-        assert_eq!(
-            line,
-            "10:00:01.250Z order.created [dead-lettered] body=\"not json\" attempts=1 reason=\"permanent: not an event\""
-        );
     }
 }

@@ -1,6 +1,46 @@
-//! clap value parsers shared by several subcommands' flags.
+//! Flags and clap value parsers shared by several subcommands.
 
 use std::time::Duration;
+
+use ordctl::error::InvalidInput;
+use ordctl::messaging::management::ManagementApi;
+use url::Url;
+
+/// `--management-url`, for the commands that read the RabbitMQ management
+/// API (`status`, `doctor`).
+#[derive(clap::Args)]
+pub struct Management {
+    /// RabbitMQ management API, e.g. http://user:pass@rabbit:15672 (default:
+    /// derived from the AMQP URL).
+    #[arg(
+        long,
+        env = "ORDCTL_MANAGEMENT_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    management_url: Option<String>,
+}
+
+impl Management {
+    /// The API at `--management-url`, or the one behind the AMQP URL. The
+    /// flag is parsed here, not by clap, so that a malformed one is
+    /// reported with its password masked.
+    pub fn api(&self, amqp_url: &Url) -> Result<ManagementApi, InvalidInput> {
+        let base = self
+            .management_url
+            .as_deref()
+            .map(|raw| {
+                Url::parse(raw).map_err(|e| {
+                    InvalidInput::new(format!(
+                        "--management-url {} is not a valid URL: {e}",
+                        ordctl::secrets::redact_str(raw)
+                    ))
+                })
+            })
+            .transpose()?;
+        ManagementApi::new(amqp_url, base.as_ref())
+    }
+}
 
 /// A number of seconds, fractions allowed, as for `--exit-when-idle`,
 /// `--idle-timeout`: zero or more and finite.

@@ -1,11 +1,9 @@
 //! `ordctl doctor`
 
 use ordctl::doctor;
-use ordctl::error::InvalidInput;
-use ordctl::pipeline::status::ManagementApi;
-use url::Url;
 
 use super::Ctx;
+use crate::flags;
 use crate::output;
 
 /// Check every setting and service the way the worker will use them:
@@ -18,32 +16,13 @@ use crate::output;
 /// Examples: `ordctl doctor`, `ordctl doctor --json`
 #[derive(clap::Args)]
 pub struct Args {
-    /// RabbitMQ management API, e.g. http://user:pass@rabbit:15672 (default:
-    /// derived from the AMQP URL).
-    #[arg(
-        long,
-        env = "ORDCTL_MANAGEMENT_URL",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
-    management_url: Option<String>,
+    #[command(flatten)]
+    management: flags::Management,
 }
 
 impl Args {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<()> {
-        let base = self
-            .management_url
-            .as_deref()
-            .map(|raw| {
-                Url::parse(raw).map_err(|e| {
-                    InvalidInput::new(format!(
-                        "--management-url {} is not a valid URL: {e}",
-                        ordctl::secrets::redact_str(raw)
-                    ))
-                })
-            })
-            .transpose()?;
-        let management = ManagementApi::new(&ctx.settings.amqp_url, base.as_ref())?;
+        let management = self.management.api(&ctx.settings.amqp_url)?;
         let report = doctor::run(&ctx.settings, &ctx.topology(), Some(&management));
         if ctx.json {
             output::json(&report)?;

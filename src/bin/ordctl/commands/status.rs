@@ -3,10 +3,8 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use ordctl::error::InvalidInput;
-use ordctl::pipeline::status::{self, ManagementApi, Status};
+use ordctl::pipeline::status::{self, Status};
 use ordctl::shutdown::Shutdown;
-use url::Url;
 
 use super::Ctx;
 use crate::flags;
@@ -25,15 +23,8 @@ pub struct Args {
     #[arg(long, value_name = "SECS", value_parser = flags::positive_seconds)]
     watch: Option<Duration>,
 
-    /// RabbitMQ management API, e.g. http://user:pass@rabbit:15672 (default:
-    /// derived from the AMQP URL).
-    #[arg(
-        long,
-        env = "ORDCTL_MANAGEMENT_URL",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
-    management_url: Option<String>,
+    #[command(flatten)]
+    management: flags::Management,
 }
 
 impl Args {
@@ -43,19 +34,7 @@ impl Args {
     }
 
     pub fn run(self, ctx: &Ctx, shutdown: &Shutdown) -> anyhow::Result<()> {
-        let base = self
-            .management_url
-            .as_deref()
-            .map(|raw| {
-                Url::parse(raw).map_err(|e| {
-                    InvalidInput::new(format!(
-                        "--management-url {} is not a valid URL: {e}",
-                        ordctl::secrets::redact_str(raw)
-                    ))
-                })
-            })
-            .transpose()?;
-        let management = ManagementApi::new(&ctx.settings.amqp_url, base.as_ref())?;
+        let management = self.management.api(&ctx.settings.amqp_url)?;
         let topology = ctx.topology();
         let collect = || status::collect(&ctx.settings, &topology, &management);
         let Some(interval) = self.watch else {
