@@ -143,8 +143,9 @@ impl Pipeline<'_> {
         }
         let rows: Vec<Row> = diesel::sql_query(
             "SELECT o.created_at, x.published_at, n.sent_at FROM orders o \
-             JOIN outbox x ON x.order_id = o.id \
+             JOIN outbox x ON x.order_id = o.id AND x.routing_key = 'order.created' \
              LEFT JOIN notifications n ON n.order_id = o.id AND n.status = 'sent' \
+                 AND n.consumer = 'notifications' \
              WHERE o.id > $1 ORDER BY o.id",
         )
         .bind::<BigInt, _>(first_id)
@@ -313,7 +314,8 @@ fn count_sent(conn: &mut PgConnection, after_id: i64) -> anyhow::Result<u64> {
         n: i64,
     }
     let count: Count = diesel::sql_query(
-        "SELECT count(*) AS n FROM notifications WHERE status = 'sent' AND order_id > $1",
+        "SELECT count(*) AS n FROM notifications \
+         WHERE status = 'sent' AND consumer = 'notifications' AND order_id > $1",
     )
     .bind::<BigInt, _>(after_id)
     .get_result(conn)?;
