@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Usage: scripts/bench.sh [ORDCTL BENCH ARGS...]
 #   e.g. scripts/bench.sh --orders 20000 --concurrency 4 --json
+#        scripts/bench.sh --http-only   (just `ordctl serve` under wrk)
 #
 # Reproduces the figures in BENCHMARKS.md: makes sure the services and
 # Postfix's smtp-sink (a fast, real SMTP server that accepts and discards
-# mail) are there (scripts/services.sh), builds the release
+# mail) are there (scripts/services.sh), installs wrk (the HTTP section's
+# load generator), builds the release
 # binary, starts smtp-sink on a free loopback port and runs
 # `ordctl bench` against it. `ordctl bench` makes its own throw-away database
 # and namespace and removes them at the end, so no user data is touched.
@@ -35,6 +37,8 @@ require_cargo
 # Also installs Postfix's smtp-sink (package postfix).
 scripts/services.sh >/dev/null
 [[ -x $SINK ]] || die "postfix is installed but $SINK is missing"
+# wrk: the HTTP load generator of the benchmark's HTTP section.
+apt_install wrk
 run cargo build --release --quiet
 
 port=$(free_port)

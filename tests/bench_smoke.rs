@@ -28,6 +28,14 @@ fn bench_with_a_tiny_load_reports_every_figure_and_cleans_up() {
             "20",
             "--latency-secs",
             "1",
+            "--http-rate",
+            "20",
+            "--http-secs",
+            "1",
+            "--http-connections",
+            "2",
+            "--http-max-connections",
+            "2",
             "--json",
         ])
         .assert_code(0);
@@ -45,6 +53,9 @@ fn bench_with_a_tiny_load_reports_every_figure_and_cleans_up() {
         "/latency/commit_to_smtp_250_ms/p99",
         "/latency/relay_lag_ms/p99",
         "/worker/peak_rss_mib",
+        "/http/constant/per_sec",
+        "/http/max/per_sec",
+        "/http/raw_postgres/per_sec",
     ]
     .map(String::from)
     .to_vec();

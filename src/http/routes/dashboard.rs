@@ -13,6 +13,8 @@ use crate::http::error::ApiError;
 use crate::http::AppState;
 
 const PAGE: &str = include_str!("../dashboard.html");
+/// How long a wrong token waits for its 401.
+const FAILED_LOGIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The page, 200 when logged in; without a session the same page shows its
 /// login form, with 401 (the data it would load needs the login).
@@ -48,6 +50,8 @@ struct Login {
 pub async fn login(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let login: Login = serde_json::from_slice(&body).map_err(ApiError::from_json)?;
     if !state.admin.matches(&login.token) {
+        // Slows down guessing a short, chosen token through the login form.
+        tokio::time::sleep(FAILED_LOGIN_PAUSE).await;
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong admin token"));
     }
     let session = state.sessions.create();

@@ -9,9 +9,10 @@
 //! measure the disk, not the pipeline.
 //!
 //! Each section (raw RabbitMQ, the concurrency curve, the default worker,
-//! latency) is one function that adds its part of the [`Report`] and its
+//! latency, the HTTP API under load) is one function that adds its part of the [`Report`] and its
 //! rows of the table; a new section is one more such function in [`run`].
 
+pub mod http;
 pub mod measure;
 pub mod pipeline;
 pub mod raw;
@@ -45,6 +46,11 @@ pub const DEFAULT_DRAIN_TARGET: f64 = 1_500.0;
 pub const P50_TARGET_MS: f64 = 10.0;
 pub const P99_TARGET_MS: f64 = 50.0;
 pub const RSS_TARGET_MIB: f64 = 64.0;
+/// The HTTP issue's targets: the offered rate held, p99 within 50 ms, and
+/// flat out at least 0.7 × raw PostgreSQL at the same concurrency.
+pub const HTTP_HELD_TARGET: f64 = 0.98;
+pub const HTTP_P99_TARGET_MS: f64 = 50.0;
+pub const HTTP_MAX_TARGET: f64 = 0.7;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -57,8 +63,16 @@ pub struct Options {
     /// worker sustains (the slower of placing and draining).
     pub latency_rate: Option<f64>,
     pub latency_secs: f64,
-    /// The `ordctl` binary to run as the worker.
+    /// The `ordctl` binary to run as the worker and the server.
     pub worker_exe: PathBuf,
+    /// The HTTP section: `POST /orders` offered at this rate for this long
+    /// over this many connections, then flat out at `http_max_connections`.
+    pub http_rate: f64,
+    pub http_secs: f64,
+    pub http_connections: u16,
+    pub http_max_connections: u16,
+    /// Only the HTTP section (and its raw PostgreSQL figure).
+    pub http_only: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -76,6 +90,8 @@ pub struct Report {
     /// `ordctl worker` with no flags draining the backlog.
     pub default_worker: Option<Drain>,
     pub latency: Option<Latency>,
+    /// `ordctl serve` under `wrk`.
+    pub http: Option<http::HttpFigures>,
     pub worker: WorkerFigures,
     /// Every figure with its ratio to the raw limit and target: what the
     /// table shows.
@@ -313,14 +329,20 @@ fn measure_all(
         curve: Vec::new(),
         default_worker: None,
         latency: None,
+        http: None,
         worker: WorkerFigures::default(),
         figures: Vec::new(),
     };
+    if options.http_only {
+        http_section(&bench, &mut report)?;
+        return Ok(report);
+    }
     let email = raw::sample_email(settings, &users[0])?;
     amqp_section(&bench, &scratch.raw_queue, max_concurrency, &mut report)?;
     curve_section(&bench, &email, &mut report)?;
     default_worker_section(&bench, &mut report)?;
     latency_section(&bench, &mut report)?;
+    http_section(&bench, &mut report)?;
     report.figures.push(
         Figure::plain(
             "worker peak RSS (VmHWM, every run)",
@@ -521,6 +543,71 @@ fn latency_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()>
         "ms",
     ));
     report.latency = Some(latency);
+    Ok(())
+}
+
+/// seed 003's k6 scenario with wrk: `POST /orders` to `ordctl serve` at a
+/// constant offered rate, then flat out next to pgbench at the same
+/// concurrency.
+fn http_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()> {
+    let options = bench.options;
+    let figures = http::HttpLoad {
+        settings: bench.settings,
+        exe: &options.worker_exe,
+        user_ids: &bench.user_ids,
+        rate: options.http_rate,
+        secs: options.http_secs,
+        connections: options.http_connections,
+        max_connections: options.http_max_connections,
+        max_secs: (options.http_secs / 4.0).clamp(1.0, 20.0),
+    }
+    .measure()
+    .context("measuring the HTTP API")?;
+    bench.interrupted()?;
+    let rate = figures.offered_per_sec;
+    let constant = &figures.constant;
+    let max = &figures.max;
+    let at = |what: &str| format!("HTTP POST /orders at {rate:.0}/s offered: {what}");
+    let rows = &mut report.figures;
+    rows.push(
+        Figure::plain(at("achieved"), constant.per_sec, "req/s").versus(
+            "offered",
+            rate,
+            Some(HTTP_HELD_TARGET),
+        ),
+    );
+    rows.push(Figure::plain(at("errors"), constant.errors as f64, "requests").at_most(0.0));
+    rows.push(Figure::plain(at("p50"), constant.p50_ms, "ms"));
+    rows.push(Figure::plain(at("p99"), constant.p99_ms, "ms").at_most(HTTP_P99_TARGET_MS));
+    let c = max.connections;
+    rows.push(Figure::plain(
+        format!("raw PostgreSQL at {c} (pgbench)"),
+        figures.raw_postgres.per_sec,
+        "tx/s",
+    ));
+    rows.push(
+        Figure::plain(
+            format!("HTTP POST /orders flat out at {c} connections"),
+            max.per_sec,
+            "req/s",
+        )
+        .versus(
+            &format!("pgbench at {c}"),
+            figures.raw_postgres.per_sec,
+            Some(HTTP_MAX_TARGET),
+        ),
+    );
+    rows.push(Figure::plain(
+        format!("HTTP POST /orders flat out at {c}: errors"),
+        max.errors as f64,
+        "requests",
+    ));
+    rows.push(Figure::plain(
+        format!("HTTP POST /orders flat out at {c}: p99"),
+        max.p99_ms,
+        "ms",
+    ));
+    report.http = Some(figures);
     Ok(())
 }
 

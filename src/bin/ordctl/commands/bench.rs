@@ -41,6 +41,28 @@ pub struct Args {
     /// How long the latency phase offers its load.
     #[arg(long, default_value = "20", value_name = "SECS", value_parser = flags::positive_seconds)]
     latency_secs: Duration,
+
+    /// HTTP section: `POST /orders` per second offered to `ordctl serve`
+    /// (seed 003's k6 scenario), with wrk.
+    #[arg(long, default_value_t = 1_000.0, value_name = "PER_SEC")]
+    http_rate: f64,
+
+    /// HTTP section: how long the rate is offered.
+    #[arg(long, default_value = "60", value_name = "SECS", value_parser = flags::positive_seconds)]
+    http_secs: Duration,
+
+    /// HTTP section: connections that offer the rate.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    http_connections: u16,
+
+    /// HTTP section: connections of the flat-out run (and pgbench clients
+    /// it is compared with).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    http_max_connections: u16,
+
+    /// Run only the HTTP section.
+    #[arg(long)]
+    http_only: bool,
 }
 
 impl Args {
@@ -51,12 +73,20 @@ impl Args {
         {
             return Err(InvalidInput::new("--latency-rate must be a positive number").into());
         }
+        if !(self.http_rate > 0.0 && self.http_rate.is_finite()) {
+            return Err(InvalidInput::new("--http-rate must be a positive number").into());
+        }
         let options = Options {
             orders: self.orders,
             concurrencies: self.concurrency,
             latency_rate: self.latency_rate,
             latency_secs: self.latency_secs.as_secs_f64(),
             worker_exe: std::env::current_exe().context("locating the ordctl binary")?,
+            http_rate: self.http_rate,
+            http_secs: self.http_secs.as_secs_f64(),
+            http_connections: self.http_connections,
+            http_max_connections: self.http_max_connections,
+            http_only: self.http_only,
         };
         let report = bench::run(&ctx.settings, &options, shutdown)?;
         if ctx.json {
