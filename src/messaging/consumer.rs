@@ -16,8 +16,9 @@ use chrono::Utc;
 use crossbeam_channel::RecvTimeoutError;
 use url::Url;
 
+use super::table::{header_int, header_str, truncate};
 use super::topology::{ConsumerSpec, Topology};
-use super::{connect, header_int, header_str, Confirms, Outgoing};
+use super::{cancel_and_drain, connect, Confirms, Outgoing};
 use crate::reconnect::{self, Backoff};
 use crate::shutdown::{Activity, Shutdown};
 
@@ -75,6 +76,29 @@ pub struct Message<'a> {
 pub enum Disposition {
     Retrying { delay: Duration },
     DeadLettered,
+}
+
+/// Where a failed attempt goes: a transient failure with attempts left is
+/// retried after the delay of its attempt (the last delay repeats once they
+/// run out); anything else, or the last allowed attempt, is dead-lettered.
+/// `attempt` counts from 1.
+pub fn route(
+    error: &HandleError,
+    attempt: u32,
+    max_attempts: u32,
+    delays: &[Duration],
+) -> Disposition {
+    let delay = match error {
+        HandleError::Transient(_) if attempt < max_attempts => {
+            let index = (attempt.saturating_sub(1) as usize).min(delays.len().saturating_sub(1));
+            delays.get(index).copied()
+        }
+        _ => None,
+    };
+    match delay {
+        Some(delay) => Disposition::Retrying { delay },
+        None => Disposition::DeadLettered,
+    }
 }
 
 /// One consumer of the pipeline (notifications today; payment and inventory
@@ -246,16 +270,9 @@ impl Slot<'_> {
             }
         }
         self.ack(&mut handled)?;
-        // Cancel explicitly and wait for the broker's answer: dropping the
-        // consumer instead leaves amiquip's I/O thread sending to a closed
-        // receiver. A message delivered meanwhile is not acked, so the
-        // broker requeues it when the channel closes.
-        consumer.cancel()?;
-        while let Ok(message) = consumer.receiver().recv_timeout(Duration::from_secs(5)) {
-            if !matches!(message, ConsumerMessage::Delivery(_)) {
-                break;
-            }
-        }
+        // A message delivered meanwhile is not acked, so the broker
+        // requeues it when the channel closes.
+        cancel_and_drain(&consumer)?;
         Ok(())
     }
 
@@ -334,30 +351,23 @@ impl Slot<'_> {
         let transient = matches!(result, Err(HandleError::Transient(_)));
         if let Err(error) = result {
             let spec = self.handler.spec();
-            let retry_delay = match error {
-                HandleError::Transient(_) if attempt < self.options.max_attempts => {
-                    let delays = &self.topology.retry_delays;
-                    delays.get((attempt as usize - 1).min(delays.len().saturating_sub(1)))
-                }
-                _ => None,
-            };
-            let (disposition, exchange, routing_key) = match retry_delay {
-                Some(&delay) => {
+            let disposition = route(
+                &error,
+                attempt,
+                self.options.max_attempts,
+                &self.topology.retry_delays,
+            );
+            let (exchange, routing_key) = match disposition {
+                Disposition::Retrying { delay } => {
                     tracing::warn!(%error, "attempt {attempt} failed ({}); retrying in {delay:?}", error.class());
-                    let key = self.topology.retry_key(spec.name, delay);
                     (
-                        Disposition::Retrying { delay },
                         self.topology.retry_exchange(),
-                        key,
+                        self.topology.retry_key(spec.name, delay),
                     )
                 }
-                None => {
+                Disposition::DeadLettered => {
                     tracing::error!(%error, "attempt {attempt} failed ({}); dead-lettered", error.class());
-                    (
-                        Disposition::DeadLettered,
-                        self.topology.dead_exchange(),
-                        spec.name.to_string(),
-                    )
+                    (self.topology.dead_exchange(), spec.name.to_string())
                 }
             };
             let mut outgoing =
@@ -440,9 +450,60 @@ fn failed_copy(delivery: &Delivery, queue: &str, error: &HandleError, attempt: u
     }
 }
 
-fn truncate(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DELAYS: [Duration; 3] = [
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+        Duration::from_secs(300),
+    ];
+
+    fn transient() -> HandleError {
+        HandleError::Transient(anyhow::anyhow!("SMTP 451"))
+    }
+
+    #[test]
+    fn a_transient_failure_waits_longer_at_each_attempt_then_repeats_the_last_delay() {
+        let delays: Vec<_> = (1..=4)
+            .map(|attempt| route(&transient(), attempt, 10, &DELAYS))
+            .collect();
+        assert_eq!(
+            delays,
+            [
+                Disposition::Retrying { delay: DELAYS[0] },
+                Disposition::Retrying { delay: DELAYS[1] },
+                Disposition::Retrying { delay: DELAYS[2] },
+                Disposition::Retrying { delay: DELAYS[2] },
+            ]
+        );
+    }
+
+    #[test]
+    fn the_last_allowed_attempt_is_dead_lettered() {
+        assert_eq!(
+            route(&transient(), 4, 5, &DELAYS),
+            Disposition::Retrying { delay: DELAYS[2] }
+        );
+        assert_eq!(
+            route(&transient(), 5, 5, &DELAYS),
+            Disposition::DeadLettered
+        );
+        assert_eq!(
+            route(&transient(), 1, 1, &DELAYS),
+            Disposition::DeadLettered
+        );
+    }
+
+    #[test]
+    fn a_permanent_failure_is_dead_lettered_at_once() {
+        let permanent = HandleError::Permanent(anyhow::anyhow!("unknown user"));
+        assert_eq!(route(&permanent, 1, 5, &DELAYS), Disposition::DeadLettered);
+    }
+
+    #[test]
+    fn without_retry_delays_nothing_is_retried() {
+        assert_eq!(route(&transient(), 1, 5, &[]), Disposition::DeadLettered);
     }
 }

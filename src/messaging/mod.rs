@@ -17,7 +17,6 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use url::Url;
 
 pub use link::{BrokerBlocked, Link};
-pub use table::{header_int, header_str};
 
 /// How long a publish may wait for the broker's confirm before the channel
 /// is considered broken.
@@ -185,4 +184,18 @@ pub fn queue_counts(channel: &Channel, queue: &str) -> anyhow::Result<(u64, u64)
         u64::from(declared.declared_message_count().unwrap_or(0)),
         u64::from(declared.declared_consumer_count().unwrap_or(0)),
     ))
+}
+
+/// Cancels a consumer and waits for the broker's answer: dropping it
+/// instead leaves amiquip's I/O thread sending to a closed receiver.
+/// Deliveries that arrive meanwhile are left unacked (the broker requeues
+/// them when the channel closes).
+pub fn cancel_and_drain(consumer: &amiquip::Consumer<'_>) -> anyhow::Result<()> {
+    consumer.cancel().context("cancelling the consumer")?;
+    while let Ok(message) = consumer.receiver().recv_timeout(Duration::from_secs(5)) {
+        if !matches!(message, amiquip::ConsumerMessage::Delivery(_)) {
+            break;
+        }
+    }
+    Ok(())
 }

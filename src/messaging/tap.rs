@@ -22,10 +22,10 @@ use serde::Serialize;
 use serde_json::Value;
 use url::Url;
 
-use super::connect;
 use super::consumer::headers;
 use super::table::{self, header_int, header_str};
 use super::topology::Topology;
+use super::{cancel_and_drain, connect};
 use crate::error::InvalidInput;
 use crate::shutdown::Shutdown;
 
@@ -271,16 +271,9 @@ fn bind_and_consume(
     // Said once bound: from here on nothing published is missed.
     tracing::info!("tapping {watched} through {queue}");
     let outcome = consume(&consumer, topology, options, shutdown, sink);
-    // Cancel explicitly and wait for the broker's answer (see the consumer
-    // runtime): dropping the consumer would leave amiquip's I/O thread
-    // sending to a closed receiver.
-    if consumer.cancel().is_ok() {
-        while let Ok(message) = consumer.receiver().recv_timeout(Duration::from_secs(5)) {
-            if !matches!(message, ConsumerMessage::Delivery(_)) {
-                break;
-            }
-        }
-    }
+    // The outcome is what the caller needs; a tap that cannot cancel goes
+    // with its connection anyway.
+    let _ = cancel_and_drain(&consumer);
     outcome
 }
 

@@ -22,8 +22,9 @@ use crate::db::orders;
 use crate::domain::events::Event;
 use crate::error::InvalidInput;
 use crate::messaging::consumer::headers;
+use crate::messaging::table::{header_int, header_str};
 use crate::messaging::topology::Topology;
-use crate::messaging::{self, header_int, header_str, Confirms, Link, Outgoing};
+use crate::messaging::{self, Confirms, Link, Outgoing};
 
 #[derive(Clone, Debug, Default)]
 pub struct ReplayOptions {

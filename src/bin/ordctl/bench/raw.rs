@@ -288,10 +288,7 @@ pub fn amqp_consume(
                 }
             }
             // Unacked leftovers go back to the queue when the channel closes.
-            consumer.cancel()?;
-            while let Ok(ConsumerMessage::Delivery(_)) =
-                consumer.receiver().recv_timeout(Duration::from_secs(5))
-            {}
+            ordctl::messaging::cancel_and_drain(&consumer)?;
             Ok(())
         },
     );
