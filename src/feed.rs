@@ -153,7 +153,7 @@ impl Feed {
                     }
                 }
             }
-            wait_for_notification(&mut conn, shutdown)?;
+            db::wait_for_notification(&mut conn, SWEEP_INTERVAL, POLL_INTERVAL, shutdown)?;
         }
         Ok(())
     }
@@ -178,22 +178,4 @@ fn settle(conn: &mut PgConnection, shutdown: &Shutdown) -> anyhow::Result<Option
         std::thread::sleep(POLL_INTERVAL);
     }
     Ok(Some(last))
-}
-
-/// Returns when feed rows were committed, the sweep interval passed, or
-/// shutdown was triggered.
-fn wait_for_notification(conn: &mut PgConnection, shutdown: &Shutdown) -> anyhow::Result<()> {
-    let deadline = Instant::now() + SWEEP_INTERVAL;
-    while Instant::now() < deadline && !shutdown.is_triggered() {
-        let mut notified = false;
-        for notification in conn.notifications_iter() {
-            notification.context("reading notifications")?;
-            notified = true;
-        }
-        if notified {
-            return Ok(());
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    }
-    Ok(())
 }

@@ -24,6 +24,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use url::Url;
 
 use crate::secrets::redact;
+use crate::shutdown::Shutdown;
 
 diesel::define_sql_function! {
     /// PostgreSQL's wall clock now, unlike `now()`, the transaction's start.
@@ -156,4 +157,27 @@ fn apply_pending(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
         applied.push(name);
     }
     Ok(applied)
+}
+
+/// Waits on a connection that LISTENs: returns when a notification came,
+/// `sweep` passed or shutdown was triggered, checking every `poll`.
+pub fn wait_for_notification(
+    conn: &mut PgConnection,
+    sweep: Duration,
+    poll: Duration,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + sweep;
+    while std::time::Instant::now() < deadline && !shutdown.is_triggered() {
+        let mut notified = false;
+        for notification in conn.notifications_iter() {
+            notification.context("reading notifications")?;
+            notified = true;
+        }
+        if notified {
+            return Ok(());
+        }
+        std::thread::sleep(poll);
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@
 //! once never publish the same row, and marked published only after the
 //! broker confirmed them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use diesel::{Connection, PgConnection};
@@ -165,7 +165,7 @@ fn session(
             activity.touch();
             tracing::info!(published, "relayed outbox events");
         }
-        wait_for_notification(&mut conn, shutdown)?;
+        db::wait_for_notification(&mut conn, SWEEP_INTERVAL, POLL_INTERVAL, shutdown)?;
     }
     publisher.close();
     Ok(())
@@ -176,22 +176,4 @@ pub fn blocked(error: &anyhow::Error) -> Option<&BrokerBlocked> {
     error
         .chain()
         .find_map(|cause| cause.downcast_ref::<BrokerBlocked>())
-}
-
-/// Returns when an outbox row was committed, the sweep interval passed, or
-/// shutdown was triggered.
-fn wait_for_notification(conn: &mut PgConnection, shutdown: &Shutdown) -> anyhow::Result<()> {
-    let deadline = Instant::now() + SWEEP_INTERVAL;
-    while Instant::now() < deadline && !shutdown.is_triggered() {
-        let mut notified = false;
-        for notification in conn.notifications_iter() {
-            notification.context("reading notifications")?;
-            notified = true;
-        }
-        if notified {
-            return Ok(());
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    }
-    Ok(())
 }
