@@ -28,6 +28,44 @@ const BYPASS_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// unreachable at that moment) or a reader racing a writer can leave stale.
 pub const PRODUCT_TTL: Duration = Duration::from_secs(30);
 
+/// How long a sent-mark lives: long enough to outlast a PostgreSQL outage,
+/// short enough that Redis never holds the whole delivery history.
+pub const SENT_MARK_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Sends the SMTP server accepted, `{ns}:sent:CONSUMER:EVENT` → its reply.
+/// Written right after the server's 250 and read before every send, so a
+/// send whose `sent` row never committed (PostgreSQL went away) is not
+/// sent again when the message is redelivered; the row is written then.
+pub struct SentMarks {
+    redis: RedisCache,
+}
+
+impl SentMarks {
+    /// Builds the store without connecting: Redis may come up later.
+    pub fn new(redis_url: &Url, namespace: Namespace, pool_size: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            redis: RedisCache::new(redis_url, namespace, pool_size, SENT_MARK_TTL)?,
+        })
+    }
+
+    pub fn key(&self, consumer: &str, event_id: uuid::Uuid) -> String {
+        self.redis
+            .namespace
+            .key(&format!("sent:{consumer}:{event_id}"))
+    }
+
+    /// The reply the server gave when this event was sent, if it was.
+    pub fn get(&self, consumer: &str, event_id: uuid::Uuid) -> Option<String> {
+        self.redis.get(&self.key(consumer, event_id))
+    }
+
+    /// Remembers that the server accepted this event's email. Redis being
+    /// down only widens the duplicate window back to what it was.
+    pub fn set(&self, consumer: &str, event_id: uuid::Uuid, reply: &str) {
+        self.redis.set(&self.key(consumer, event_id), &reply);
+    }
+}
+
 /// Users by id, `{ns}:user:ID`.
 pub struct UserCache {
     redis: RedisCache,

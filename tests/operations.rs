@@ -483,3 +483,49 @@ fn reconcile_finds_an_event_a_consumer_never_received_and_republishes_it_to_that
         .json();
     assert_eq!(done["undelivered"].as_array().unwrap().len(), 0, "{done}");
 }
+
+#[test]
+fn an_email_the_server_accepted_before_its_delivery_was_recorded_is_recorded_not_sent_again() {
+    use diesel::prelude::*;
+    use ordctl::db::schema::notifications;
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let placed = env.place_order(1, "7", &[]);
+    // As if a worker had sent it and PostgreSQL went away before the commit.
+    let mark = env.redis_key(&format!(
+        "sent:notifications:{}",
+        placed["event_id"].as_str().unwrap()
+    ));
+    redis::cmd("SET")
+        .arg(&mark)
+        .arg("\"250 2.0.0 accepted earlier\"")
+        .query::<()>(&mut env.redis())
+        .unwrap();
+    env.run_worker(&[]);
+    assert_eq!(env.emails().len(), 0, "sent again");
+    let (status, reply): (String, Option<String>) = notifications::table
+        .filter(notifications::consumer.eq("notifications"))
+        .select((notifications::status, notifications::smtp_reply))
+        .first(&mut env.db())
+        .unwrap();
+    assert_eq!(status, "sent");
+    assert_eq!(reply.as_deref(), Some("250 2.0.0 accepted earlier"));
+
+    // Every send leaves its mark, with the server's reply.
+    let second = env.place_order(2, "8", &[]);
+    env.run_worker(&[]);
+    assert_eq!(env.emails().len(), 1);
+    let mark = env.redis_key(&format!(
+        "sent:notifications:{}",
+        second["event_id"].as_str().unwrap()
+    ));
+    let (value, ttl): (String, i64) = redis::pipe()
+        .cmd("GET")
+        .arg(&mark)
+        .cmd("TTL")
+        .arg(&mark)
+        .query(&mut env.redis())
+        .unwrap();
+    assert!(value.contains("250"), "{value}");
+    assert!(ttl > 3600, "{ttl}");
+}

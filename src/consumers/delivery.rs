@@ -9,6 +9,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use crate::cache::SentMarks;
 use crate::db::delivery_attempts::{self, NewAttempt};
 use crate::db::models::NewNotification;
 use crate::db::{notifications, PgPool};
@@ -94,6 +95,34 @@ pub fn make_durable(db: &PgPool) -> anyhow::Result<()> {
     })
     .context("flushing the delivery log to disk")?;
     Ok(())
+}
+
+/// [`once`] for an effect outside the database — an email — that cannot
+/// be rolled back: the SMTP server's acceptance is also kept in Redis
+/// ([`SentMarks`]) right after its reply and checked before sending. If
+/// PostgreSQL went away between the 250 and the commit, the redelivered
+/// message finds the mark, records the earlier send and sends nothing.
+/// Only a crash between the 250 and the mark (or Redis down as well)
+/// can still send an event twice.
+pub fn once_sending(
+    db: &PgPool,
+    marks: &SentMarks,
+    delivery: &Delivery<'_>,
+    send: impl FnOnce(&mut PgConnection) -> Result<String, HandleError>,
+) -> Result<Outcome, HandleError> {
+    once(db, delivery, |conn| {
+        if let Some(reply) = marks.get(delivery.consumer, delivery.event_id) {
+            tracing::info!(
+                order_id = delivery.order_id,
+                consumer = delivery.consumer,
+                "sent before its delivery could be recorded; recording it, sending nothing"
+            );
+            return Ok(reply);
+        }
+        let reply = send(conn)?;
+        marks.set(delivery.consumer, delivery.event_id, &reply);
+        Ok(reply)
+    })
 }
 
 /// Records a failed attempt (`retrying` or `dead`) after the delivery

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use lettre::message::Mailbox;
 
-use crate::cache::{ProductCache, UserCache};
+use crate::cache::{ProductCache, SentMarks, UserCache};
 use crate::db::PgPool;
 use crate::error::InvalidInput;
 use crate::mail::Mailer;
@@ -25,6 +25,9 @@ pub struct Deps {
     pub users: Arc<UserCache>,
     pub products: Arc<ProductCache>,
     pub mailer: Arc<Mailer>,
+    /// Emails the SMTP server accepted, kept in Redis in case the `sent`
+    /// row cannot be committed.
+    pub sent_marks: Arc<SentMarks>,
     /// Sender of every email.
     pub from: Mailbox,
     /// Where `staff-alerts` sends low-stock alerts.

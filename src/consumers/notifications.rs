@@ -12,7 +12,7 @@ use lettre::Message as Email;
 
 use super::delivery::{self, db_error, Delivery, Outcome};
 use super::Consumer;
-use crate::cache::UserCache;
+use crate::cache::{SentMarks, UserCache};
 use crate::db::models::User;
 use crate::db::PgPool;
 use crate::domain::events::{Event, OrderSnapshot, ORDER_CANCELLED, ORDER_STATUS_UPDATED};
@@ -33,6 +33,7 @@ pub const CONSUMER: Consumer = Consumer {
             db: deps.db.clone(),
             users: deps.users.clone(),
             mailer: deps.mailer.clone(),
+            sent_marks: deps.sent_marks.clone(),
             from: deps.from.clone(),
         })
     },
@@ -42,6 +43,7 @@ pub struct Notifier {
     pub db: PgPool,
     pub users: Arc<UserCache>,
     pub mailer: Arc<Mailer>,
+    pub sent_marks: Arc<SentMarks>,
     pub from: Mailbox,
 }
 
@@ -52,7 +54,7 @@ impl Notifier {
         let order = order_of(event)?;
         let message_id = render::message_id_for(event.event_id(), None);
         let target = target(event, &message_id, attempt);
-        delivery::once(&self.db, &target, |conn| {
+        delivery::once_sending(&self.db, &self.sent_marks, &target, |conn| {
             let user = self
                 .users
                 .user(conn, order.user_id)

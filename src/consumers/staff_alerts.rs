@@ -11,6 +11,7 @@ use lettre::message::Mailbox;
 use super::delivery::{self, Delivery};
 use super::notifications::mail_error;
 use super::Consumer;
+use crate::cache::SentMarks;
 use crate::db::PgPool;
 use crate::domain::{StockLow, STOCK_LOW};
 use crate::mail::{render, Mailer};
@@ -28,6 +29,7 @@ pub const CONSUMER: Consumer = Consumer {
         Box::new(StaffAlerts {
             db: deps.db.clone(),
             mailer: deps.mailer.clone(),
+            sent_marks: deps.sent_marks.clone(),
             from: deps.from.clone(),
             staff: deps.staff.clone(),
         })
@@ -37,6 +39,7 @@ pub const CONSUMER: Consumer = Consumer {
 pub struct StaffAlerts {
     pub db: PgPool,
     pub mailer: Arc<Mailer>,
+    pub sent_marks: Arc<SentMarks>,
     pub from: Mailbox,
     pub staff: Mailbox,
 }
@@ -51,7 +54,7 @@ impl Handler for StaffAlerts {
         tracing::Span::current().record("order_id", event.order_id.0);
         let message_id = render::message_id_for(event.event_id, Some(SPEC.name));
         let target = target(&event, &message_id, message.attempt);
-        delivery::once(&self.db, &target, |_| {
+        delivery::once_sending(&self.db, &self.sent_marks, &target, |_| {
             let email = render::staff_alert(&event, &self.staff, &self.from, SPEC.name)
                 .map_err(mail_error)?;
             let reply = self.mailer.send(&email).map_err(mail_error)?;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use lettre::message::Mailbox;
 
 use super::relay;
-use crate::cache::{ProductCache, UserCache};
+use crate::cache::{ProductCache, SentMarks, UserCache};
 use crate::config::Settings;
 use crate::consumers::{Consumer, Deps};
 use crate::db;
@@ -58,6 +58,11 @@ pub fn run(
             Mailer::new(settings.smtp.as_ref(), &settings.mail_dir, slots)
                 .context("setting up the mailer")?,
         ),
+        sent_marks: Arc::new(SentMarks::new(
+            &settings.redis_url,
+            settings.namespace.clone(),
+            slots,
+        )?),
         from: settings.mail_from.clone(),
         staff: options.staff.clone(),
         payment_fail_rate: options.payment_fail_rate,
