@@ -22,8 +22,10 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     consumers: Vec<String>,
 
-    /// Messages each consumer handles at once.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Messages each consumer handles at once (each holds a PostgreSQL
+    /// connection while it does). 16 fills two cores: fewer leave them
+    /// waiting on round trips, more only add connections (BENCHMARKS.md).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
 
     /// Attempts before a transiently failing message is dead-lettered.
