@@ -10,9 +10,12 @@
 
 use std::time::{Duration, Instant};
 
-use amiquip::{AmqpValue, Channel, FieldTable, Get};
+use amiquip::{
+    AmqpValue, Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery, FieldTable,
+};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use crossbeam_channel::RecvTimeoutError;
 use diesel::PgConnection;
 use serde::Serialize;
 use uuid::Uuid;
@@ -67,6 +70,11 @@ pub struct ReplayReport {
 pub const RUN_HEADER: &str = "x-ordctl-replay-run";
 /// Republishes per publisher-confirm wait.
 const WINDOW: usize = 100;
+/// Unacked deliveries the broker may push ahead while messages move.
+const PREFETCH: u16 = 1_000;
+/// A pause this long in deliveries means the DLQ may be drained: the
+/// broker is asked whether anything is still ready.
+const QUIET: Duration = Duration::from_millis(100);
 /// How long returned messages may take to be ready in the DLQ again.
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -116,6 +124,7 @@ fn replay_on(
             messages: Vec::new(),
         },
         looked_at: 0,
+        consumers: Vec::new(),
     };
     let wanted_consumers: Vec<&str> = topology
         .consumers
@@ -156,45 +165,67 @@ struct Run<'a> {
     options: &'a ReplayOptions,
     report: ReplayReport,
     looked_at: u64,
+    consumers: Vec<Consumer<'a>>,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
     /// Moves (or lists) one consumer's dead letters.
     fn consumer(
         &mut self,
-        consumer: &str,
+        consumer_name: &str,
         dlq: &str,
         work_queue: &str,
         progress: &dyn Fn(u64, u64),
     ) -> anyhow::Result<()> {
         // Kept messages stay unacked until the end so they are not fetched
-        // twice; then they go back to the DLQ where they were.
-        let mut kept: Vec<Get> = Vec::new();
-        let mut window: Vec<(Get, DeadLetter)> = Vec::with_capacity(WINDOW);
+        // twice; then they go back to the DLQ where they were. Keeping
+        // needs an unlimited prefetch; moving alone, a bounded one.
+        let keeps = self.options.dry_run || self.options.order_id.is_some();
+        let (estimate, _) = messaging::queue_counts(self.channel, dlq)?;
+        self.channel
+            .qos(0, if keeps { 0 } else { PREFETCH }, false)
+            .context("setting the prefetch")?;
+        let consumer = self
+            .channel
+            .basic_consume(dlq, ConsumerOptions::default())
+            .with_context(|| format!("consuming {dlq}"))?;
+        let mut kept: Vec<Delivery> = Vec::new();
+        let mut window: Vec<(Delivery, DeadLetter)> = Vec::with_capacity(WINDOW);
         let mut listed = 0u64;
         let result = loop {
             // `messages` holds what moved, or with --dry-run what would.
             if self.options.limit.is_some_and(|limit| listed >= limit) {
                 break Ok(());
             }
-            let get = match self.channel.basic_get(dlq, false) {
-                Ok(Some(get)) => get,
-                Ok(None) => break Ok(()),
-                Err(error) => break Err(anyhow::Error::from(error).context("reading the DLQ")),
+            let delivery = match consumer.receiver().recv_timeout(QUIET) {
+                Ok(ConsumerMessage::Delivery(delivery)) => delivery,
+                Ok(other) => break Err(anyhow::anyhow!("reading {dlq}: {other:?}")),
+                Err(RecvTimeoutError::Timeout) => {
+                    // Nothing came for a while: move what is pending, and
+                    // stop once the broker has nothing ready either.
+                    if let Err(error) = self.flush(&mut window, work_queue) {
+                        break Err(error);
+                    }
+                    match messaging::queue_counts(self.channel, dlq) {
+                        Ok((0, _)) => break Ok(()),
+                        Ok(_) => continue,
+                        Err(error) => break Err(error),
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    break Err(anyhow::anyhow!("reading {dlq}: the channel closed"))
+                }
             };
-            let headers = get.delivery.properties.headers().as_ref();
+            let headers = delivery.properties.headers().as_ref();
             if header_str(headers, RUN_HEADER) == Some(self.id.as_str()) {
                 // Moved by this very run and dead again: everything older
                 // has been looked at.
-                kept.push(get);
+                kept.push(delivery);
                 break Ok(());
             }
             self.looked_at += 1;
-            progress(
-                self.looked_at,
-                self.looked_at + u64::from(get.message_count),
-            );
-            let letter = describe(&get, consumer, dlq);
+            progress(self.looked_at, estimate.max(self.looked_at));
+            let letter = describe(&delivery, consumer_name, dlq);
             let wanted = self
                 .options
                 .order_id
@@ -206,10 +237,10 @@ impl Run<'_> {
                 if wanted {
                     self.report.messages.push(letter);
                 }
-                kept.push(get);
+                kept.push(delivery);
                 continue;
             }
-            window.push((get, letter));
+            window.push((delivery, letter));
             if window.len() >= WINDOW {
                 if let Err(error) = self.flush(&mut window, work_queue) {
                     break Err(error);
@@ -218,6 +249,16 @@ impl Run<'_> {
         };
         result?;
         self.flush(&mut window, work_queue)?;
+        consumer.cancel().context("cancelling the DLQ consumer")?;
+        // Deliveries the broker sent before the cancel are ours to return.
+        for message in consumer.receiver().try_iter() {
+            if let ConsumerMessage::Delivery(delivery) = message {
+                kept.push(delivery);
+            }
+        }
+        // Kept, not dropped, until the channel closes: amiquip's I/O loop
+        // fails if a delivery still in flight finds its consumer gone.
+        self.consumers.push(consumer);
         self.give_back(kept, dlq)
     }
 
@@ -225,7 +266,7 @@ impl Run<'_> {
     /// then removes the originals from the DLQ.
     fn flush(
         &mut self,
-        window: &mut Vec<(Get, DeadLetter)>,
+        window: &mut Vec<(Delivery, DeadLetter)>,
         work_queue: &str,
     ) -> anyhow::Result<()> {
         if window.is_empty() {
@@ -251,7 +292,7 @@ impl Run<'_> {
     /// Returns kept messages to the DLQ and waits until the broker has them
     /// ready again, so the next command (a replay right after a dry run)
     /// finds the queue as this one found it.
-    fn give_back(&mut self, kept: Vec<Get>, dlq: &str) -> anyhow::Result<()> {
+    fn give_back(&mut self, kept: Vec<Delivery>, dlq: &str) -> anyhow::Result<()> {
         if kept.is_empty() {
             return Ok(());
         }
@@ -279,8 +320,8 @@ impl Run<'_> {
     }
 }
 
-fn describe(get: &Get, consumer: &str, queue: &str) -> DeadLetter {
-    let properties = &get.delivery.properties;
+fn describe(get: &Delivery, consumer: &str, queue: &str) -> DeadLetter {
+    let properties = &get.properties;
     let found = properties.headers().as_ref();
     let dead_since = header_str(found, headers::LAST_FAILED_AT)
         .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
@@ -289,7 +330,7 @@ fn describe(get: &Get, consumer: &str, queue: &str) -> DeadLetter {
         consumer: consumer.to_string(),
         queue: queue.to_string(),
         message_id: properties.message_id().clone(),
-        order_id: Event::from_json(&get.delivery.body)
+        order_id: Event::from_json(&get.body)
             .ok()
             .map(|event| event.order_id().0),
         reason: header_str(found, headers::LAST_ERROR).map(str::to_string),
@@ -303,8 +344,8 @@ fn describe(get: &Get, consumer: &str, queue: &str) -> DeadLetter {
 
 /// The message as it goes back: same body and properties, attempts reset,
 /// replay counter incremented, failure history kept for `trace`.
-fn replayed_copy(get: &Get, work_queue: &str, run_id: &str) -> Outgoing {
-    let properties = &get.delivery.properties;
+fn replayed_copy(get: &Delivery, work_queue: &str, run_id: &str) -> Outgoing {
+    let properties = &get.properties;
     let mut found: FieldTable = properties.headers().clone().unwrap_or_default();
     let replays = header_int(Some(&found), headers::REPLAYS).unwrap_or(0) + 1;
     found.remove(headers::ATTEMPTS);
@@ -319,7 +360,7 @@ fn replayed_copy(get: &Get, work_queue: &str, run_id: &str) -> Outgoing {
     let mut message = Outgoing::new(
         work_queue,
         properties.message_id().clone().unwrap_or_default(),
-        get.delivery.body.clone(),
+        get.body.clone(),
     );
     message.headers = found;
     if let Some(timestamp) = properties.timestamp() {
@@ -330,10 +371,10 @@ fn replayed_copy(get: &Get, work_queue: &str, run_id: &str) -> Outgoing {
 
 /// Writes the replays into their orders' history, one insert per window;
 /// the move itself already happened, so a failure here is only logged.
-fn record_replays(conn: &mut PgConnection, window: &[(Get, DeadLetter)]) {
+fn record_replays(conn: &mut PgConnection, window: &[(Delivery, DeadLetter)]) {
     let events: Vec<(Event, &DeadLetter)> = window
         .iter()
-        .filter_map(|(get, letter)| Some((Event::from_json(&get.delivery.body).ok()?, letter)))
+        .filter_map(|(get, letter)| Some((Event::from_json(&get.body).ok()?, letter)))
         .collect();
     let attempts: Vec<NewAttempt<'_>> = events
         .iter()
