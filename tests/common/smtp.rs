@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-
 use super::*;
 
 /// An email as the SMTP sink stored it.
@@ -19,8 +18,6 @@ pub struct Email {
     pub to: String,
     pub subject: String,
     pub body: String,
-    /// Every header (unfolded), names lower-cased.
-    pub headers: HashMap<String, String>,
 }
 
 impl Email {
@@ -69,7 +66,6 @@ impl Email {
             } else {
                 body.to_string()
             },
-            headers,
         }
     }
 }
@@ -123,6 +119,8 @@ impl SmtpSink {
 
     /// Starts a sink on `port` storing into `maildir`, e.g. to bring a
     /// "recovered" SMTP server up where a failing one was.
+    // Only the fault suite (a binary of its own) brings a server back.
+    #[allow(dead_code)]
     pub fn start_at(maildir: &Path, port: u16) -> Self {
         Self::try_start(maildir, port).unwrap_or_else(|log| {
             panic!("the SMTP sink did not start on {port}; its log says:\n{log}")

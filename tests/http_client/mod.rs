@@ -1,8 +1,6 @@
 //! A running `ordctl serve` for integration tests, and a small HTTP and
 //! Server-Sent Events client for it (ureq over a real socket).
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
@@ -213,11 +211,6 @@ impl Server {
         let (code, log) = self.wait();
         assert_eq!(code, Some(0), "{log}");
         log
-    }
-
-    /// Everything the server logged so far.
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
     }
 }
 

@@ -2,7 +2,7 @@
 //! the man page, each against the real services in a namespace and
 //! database of the test's own.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

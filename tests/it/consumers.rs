@@ -3,7 +3,7 @@
 //! registry that the worker, status and replay-dlq read. Real services, one
 //! database and namespace per test (see `common`).
 
-mod common;
+use crate::common;
 
 use common::TestEnv;
 use ordctl::messaging::publisher::Publisher;

@@ -3,7 +3,7 @@
 //! and a password), and what the worker says when the server refuses the
 //! password, the certificate or the connection.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

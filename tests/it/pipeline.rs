@@ -2,7 +2,7 @@
 //! against the real PostgreSQL, RabbitMQ, Redis and an aiosmtpd SMTP sink,
 //! each test in its own database and namespace (see `common`).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashSet};
 

@@ -7,8 +7,8 @@
 //! Needs Debian's `chromium` and `chromium-driver` (scripts/services.sh
 //! installs them); without them the test fails and says so.
 
-mod common;
-mod http_client;
+use crate::common;
+use crate::http_client;
 
 use std::net::TcpStream;
 use std::path::Path;

@@ -3,8 +3,8 @@
 //! token, readiness with the broker down, the live event stream and its
 //! gap-free resume, and the graceful shutdown.
 
-mod common;
-mod http_client;
+use crate::common;
+use crate::http_client;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -3,7 +3,7 @@
 //! orders of products under concurrency, low-stock events, idempotency.
 //! Each test has its own database and namespace (see `common`).
 
-mod common;
+use crate::common;
 
 use common::{TestEnv, DOWN_AMQP_URL};
 use diesel::prelude::*;

@@ -2,7 +2,7 @@
 //! taps without stealing, `trace` tells an order's story, `status` counts
 //! queues, backlog and dead letters, and the logging flags shape stderr.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};

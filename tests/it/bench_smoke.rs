@@ -2,7 +2,7 @@
 //! carries every figure. It asserts nothing about speed — benchmarks are
 //! never timed tests; the real figures are in BENCHMARKS.md.
 
-mod common;
+use crate::common;
 
 use diesel::prelude::*;
 use diesel::sql_types::Text;
