@@ -3,7 +3,7 @@
 //! events commit in the delivery's transaction, and `payments.order_id` is
 //! unique, so no redelivery, replay or crash charges an order twice.
 //!
-//! The gateway is SIMULATED (as in seed 002), by documented deterministic
+//! The gateway is SIMULATED, by documented deterministic
 //! rules so that every outcome can be triggered: an amount whose cents are
 //! 13 (e.g. 10.13) is declined; `--payment-fail-rate P` makes the gateway
 //! fail transiently with probability P (retried like any transient

@@ -1,5 +1,5 @@
-//! `POST /products`, `GET /products/{id}` (through the Redis cache, as in
-//! seed 003), `GET /products?low_stock=true` and the admin's
+//! `POST /products`, `GET /products/{id}` (through the Redis cache),
+//! `GET /products?low_stock=true` and the admin's
 //! `POST /products/{id}/restock`.
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! The HTTP API under load, seed 003's k6 scenario: `ordctl serve` taking
+//! The HTTP API under load, a constant-arrival-rate scenario: `ordctl serve` taking
 //! `POST /orders` from `wrk` (Debian's HTTP load generator) at a constant
 //! offered rate for a while, then flat out at a fixed number of
 //! connections, compared with raw PostgreSQL (`pgbench`) at the same

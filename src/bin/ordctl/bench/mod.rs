@@ -546,7 +546,7 @@ fn latency_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()>
     Ok(())
 }
 
-/// seed 003's k6 scenario with wrk: `POST /orders` to `ordctl serve` at a
+/// A constant-arrival-rate HTTP scenario with wrk: `POST /orders` to `ordctl serve` at a
 /// constant offered rate, then flat out next to pgbench at the same
 /// concurrency.
 fn http_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()> {

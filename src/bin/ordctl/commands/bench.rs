@@ -43,7 +43,7 @@ pub struct Args {
     latency_secs: Duration,
 
     /// HTTP section: `POST /orders` per second offered to `ordctl serve`
-    /// (seed 003's k6 scenario), with wrk.
+    /// at a constant rate, with wrk.
     #[arg(long, default_value_t = 1_000.0, value_name = "PER_SEC")]
     http_rate: f64,
 
