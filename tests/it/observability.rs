@@ -302,11 +302,10 @@ fn tail_queue_dlq_shows_what_is_dead_lettered_and_why() {
     assert_eq!(headers["x-ordctl-failure"], "permanent");
     assert_eq!(headers["x-ordctl-attempts"], 1);
     assert_eq!(headers["x-ordctl-original-routing-key"], "order.created");
+    // Dead-lettered by the notifications or the payments consumer,
+    // whichever came first: both bind order.created.
     let reason = headers["x-ordctl-last-error"].as_str().expect("a reason");
-    assert!(
-        reason.contains("not a valid order.created event"),
-        "{reason}"
-    );
+    assert!(reason.contains("the message is not a valid"), "{reason}");
     // The tap saw a copy: the message itself is in the DLQ.
     assert_eq!(env.queue_depth(&env.dlq()), 1);
 }
