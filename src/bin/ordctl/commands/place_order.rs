@@ -9,7 +9,7 @@ use ordctl::domain::{
 };
 use ordctl::error::InvalidInput;
 use ordctl::messaging::publisher::Publisher;
-use ordctl::pipeline::place_order::{self, Bulk, BulkContents, Users};
+use ordctl::pipeline::place_order::{self, Bulk, BulkContents, Placed, Users};
 
 use super::Ctx;
 use crate::output;
@@ -60,101 +60,86 @@ pub struct Args {
 }
 
 impl Args {
-    pub fn run(self, ctx: &Ctx) -> anyhow::Result<()> {
+    pub fn run(mut self, ctx: &Ctx) -> anyhow::Result<()> {
+        let items = match self.items.is_empty() {
+            true => None,
+            false => Some(OrderItems::new(std::mem::take(&mut self.items))?),
+        };
+        match self.count {
+            None => self.place_one(ctx, items),
+            Some(count) => self.place_bulk(ctx, items, count),
+        }
+    }
+
+    /// One order: placed, published at once if the broker takes it, printed.
+    fn place_one(self, ctx: &Ctx, items: Option<OrderItems>) -> anyhow::Result<()> {
+        let settings = &ctx.settings;
+        let product_cache = self.product_cache(ctx);
+        let user_id = self
+            .user
+            .ok_or_else(|| InvalidInput::new("--user is required (or use --count)"))?;
+        let contents = match items {
+            Some(items) => OrderContents::Items(items),
+            None => OrderContents::Amount {
+                amount: self
+                    .amount
+                    .ok_or_else(|| InvalidInput::new("--amount or --item is required"))?,
+                currency: self.currency.unwrap_or_default(),
+            },
+        };
+        let order = NewOrder {
+            user_id,
+            contents,
+            idempotency_key: self.idempotency_key,
+        };
+        let topology = ctx.topology();
+        let connect = || Publisher::connect(&settings.amqp_url, &topology);
+        let mut conn = db::connect(&settings.database_url)?;
+        let mut publisher = place_order::connect_or_warn(&connect);
+        let placed = place_order::place(&mut conn, &mut publisher, &order);
+        if let Some(publisher) = publisher {
+            publisher.close();
+        }
+        let placed = placed?;
+        product_cache?.invalidate(&placed.stock_changed);
+        if !placed.published {
+            tracing::warn!(
+                order_id = placed.order_id,
+                event_id = %placed.event_id,
+                "order committed but not published yet; the relay will publish it"
+            );
+        }
+        if ctx.json {
+            return output::json(&placed);
+        }
+        output::line(describe(&placed))
+    }
+
+    /// `--count` orders over `--concurrency` threads, with a progress bar
+    /// and a summary.
+    fn place_bulk(self, ctx: &Ctx, items: Option<OrderItems>, count: u64) -> anyhow::Result<()> {
         let settings = &ctx.settings;
         let topology = ctx.topology();
         let connect = || Publisher::connect(&settings.amqp_url, &topology);
-        let currency = self.currency.unwrap_or_default();
-        let items = match self.items.is_empty() {
-            true => None,
-            false => Some(OrderItems::new(self.items)?),
-        };
-        let product_cache = || {
-            ProductCache::new(
-                &settings.redis_url,
-                settings.namespace.clone(),
-                u32::from(self.concurrency),
-            )
-        };
-        let Some(count) = self.count else {
-            let user_id = self
-                .user
-                .ok_or_else(|| InvalidInput::new("--user is required (or use --count)"))?;
-            let contents = match items {
-                Some(items) => OrderContents::Items(items),
-                None => OrderContents::Amount {
-                    amount: self
-                        .amount
-                        .ok_or_else(|| InvalidInput::new("--amount or --item is required"))?,
-                    currency,
-                },
-            };
-            let order = NewOrder {
-                user_id,
-                contents,
-                idempotency_key: self.idempotency_key,
-            };
-            let mut conn = db::connect(&settings.database_url)?;
-            let mut publisher = place_order::connect_or_warn(&connect);
-            let placed = place_order::place(&mut conn, &mut publisher, &order);
-            if let Some(publisher) = publisher {
-                publisher.close();
-            }
-            let placed = placed?;
-            product_cache()?.invalidate(&placed.stock_changed);
-            if !placed.published {
-                tracing::warn!(
-                    order_id = placed.order_id,
-                    event_id = %placed.event_id,
-                    "order committed but not published yet; the relay will publish it"
-                );
-            }
-            if ctx.json {
-                return output::json(&placed);
-            }
-            let state = if placed.published {
-                "published"
-            } else {
-                "NOT published yet (the relay will)"
-            };
-            let items: Vec<String> = placed
-                .items
-                .iter()
-                .map(|item| format!("{}x{}", item.product_id, item.quantity))
-                .collect();
-            let items = match items.is_empty() {
-                true => String::new(),
-                false => format!(", items {}", items.join(" ")),
-            };
-            let replayed = match placed.replayed {
-                true => " (placed before with this idempotency key: nothing new written)",
-                false => "",
-            };
-            return output::line(format!(
-                "order {} placed for user {}: {} {}{items} (event {}, {state}){replayed}",
-                placed.order_id, placed.user_id, placed.amount, placed.currency, placed.event_id
-            ));
-        };
-
-        let users = self.user.map_or(Users::All, Users::One);
         let pool = db::pool(&settings.database_url, u32::from(self.concurrency))
             .context("connecting to PostgreSQL")?;
         let bar = ProgressBar::new(count).with_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} orders  {per_sec}  eta {eta}")
                 .expect("a valid template"),
         );
+        let product_cache = self.product_cache(ctx)?;
         let bulk = Bulk {
-            users,
+            users: self.user.map_or(Users::All, Users::One),
             contents: match items {
                 Some(items) => BulkContents::Items(items),
                 None => BulkContents::Amounts {
                     amount: self.amount,
-                    currency,
+                    currency: self.currency.unwrap_or_default(),
                 },
             },
             count,
             concurrency: self.concurrency,
-            product_cache: Some(product_cache()?),
+            product_cache: Some(product_cache),
         };
         let summary = place_order::place_many(&pool, &connect, &bulk, &|_| bar.inc(1))?;
         bar.finish_and_clear();
@@ -179,4 +164,38 @@ impl Args {
         ]);
         output::line(table)
     }
+
+    fn product_cache(&self, ctx: &Ctx) -> anyhow::Result<ProductCache> {
+        ProductCache::new(
+            &ctx.settings.redis_url,
+            ctx.settings.namespace.clone(),
+            u32::from(self.concurrency),
+        )
+    }
+}
+
+/// One placed order, for people.
+fn describe(placed: &Placed) -> String {
+    let state = if placed.published {
+        "published"
+    } else {
+        "NOT published yet (the relay will)"
+    };
+    let items: Vec<String> = placed
+        .items
+        .iter()
+        .map(|item| format!("{}x{}", item.product_id, item.quantity))
+        .collect();
+    let items = match items.is_empty() {
+        true => String::new(),
+        false => format!(", items {}", items.join(" ")),
+    };
+    let replayed = match placed.replayed {
+        true => " (placed before with this idempotency key: nothing new written)",
+        false => "",
+    };
+    format!(
+        "order {} placed for user {}: {} {}{items} (event {}, {state}){replayed}",
+        placed.order_id, placed.user_id, placed.amount, placed.currency, placed.event_id
+    )
 }
