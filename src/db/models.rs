@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::schema::{notifications, order_items, orders, outbox, payments, products, users};
-use crate::domain::OrderStatus;
+use crate::domain::{Currency, OrderStatus};
 
 #[derive(Clone, Debug, Queryable, Selectable, Serialize, Deserialize, PartialEq, Eq)]
 #[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
@@ -30,7 +30,7 @@ pub struct Order {
     pub id: i64,
     pub user_id: i64,
     pub amount_minor: i64,
-    pub currency: String,
+    pub currency: Currency,
     pub created_at: DateTime<Utc>,
     pub status: OrderStatus,
     pub updated_at: DateTime<Utc>,
@@ -107,7 +107,7 @@ pub struct Payment {
     pub event_id: Uuid,
     pub status: String,
     pub amount_minor: i64,
-    pub currency: String,
+    pub currency: Currency,
     pub reference: String,
     pub decline_reason: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -131,7 +131,7 @@ pub struct ProductRow {
     pub id: i64,
     pub name: String,
     pub price_minor: i64,
-    pub currency: String,
+    pub currency: Currency,
     pub stock: i32,
     pub low_stock_threshold: i32,
     pub threshold_fixed: bool,
@@ -161,7 +161,7 @@ impl TryFrom<ProductRow> for crate::domain::Product {
                     row.price_minor
                 )
             })?,
-            currency: crate::domain::Currency::parse(&row.currency)?,
+            currency: row.currency,
             stock: row.stock,
             low_stock_threshold: row.low_stock_threshold,
         })

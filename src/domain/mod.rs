@@ -99,8 +99,9 @@ impl<'de> Deserialize<'de> for Money {
 }
 
 /// An ISO 4217-style currency code: three letters, stored upper-case.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, AsExpression, FromSqlRow)]
 #[serde(try_from = "String", into = "String")]
+#[diesel(sql_type = Text)]
 pub struct Currency(String);
 
 impl Currency {
@@ -272,6 +273,20 @@ impl FromSql<Text, Pg> for OrderStatus {
     fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
         let raw = <String as FromSql<Text, Pg>>::from_sql(bytes)?;
         Ok(raw.parse()?)
+    }
+}
+
+impl ToSql<Text, Pg> for Currency {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        out.write_all(self.0.as_bytes())?;
+        Ok(IsNull::No)
+    }
+}
+
+impl FromSql<Text, Pg> for Currency {
+    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+        let raw = <String as FromSql<Text, Pg>>::from_sql(bytes)?;
+        Ok(Currency::parse(&raw)?)
     }
 }
 

@@ -226,7 +226,7 @@ pub struct OrderDetails {
     pub id: OrderId,
     pub user_id: UserId,
     pub amount: Money,
-    pub currency: String,
+    pub currency: Currency,
     pub status: OrderStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -248,7 +248,7 @@ pub struct ItemDetails {
 pub struct PaymentDetails {
     pub status: String,
     pub amount: Money,
-    pub currency: String,
+    pub currency: Currency,
     pub reference: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -327,7 +327,7 @@ fn snapshot(order: &Order, items: &[OrderItem]) -> anyhow::Result<OrderSnapshot>
         id: order.id,
         user_id: order.user_id,
         amount: money(order.amount_minor, "order amount")?,
-        currency: Currency::parse(&order.currency)?,
+        currency: order.currency.clone(),
         items: items
             .iter()
             .map(|item| ItemSnapshot {

@@ -217,7 +217,7 @@ fn first_placed(conn: &mut PgConnection, key: &IdempotencyKey) -> anyhow::Result
         user_id: order.user_id,
         amount: Money::from_minor_units(order.amount_minor)
             .with_context(|| format!("order {} has an invalid amount", order.id))?,
-        currency: Currency::parse(&order.currency)?,
+        currency: order.currency.clone(),
         event_id: created.event_id,
         published: created.published_at.is_some(),
         items,

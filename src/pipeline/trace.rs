@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::db::delivery_attempts::{self, Attempt};
 use crate::db::models::{Notification, Order, OutboxRow};
 use crate::db::{notifications, orders, outbox};
-use crate::domain::Money;
+use crate::domain::{Currency, Money};
 use crate::error::NotFound;
 
 #[derive(Clone, Debug, Serialize)]
@@ -32,7 +32,7 @@ pub struct TracedOrder {
     pub id: i64,
     pub user_id: i64,
     pub amount: Money,
-    pub currency: String,
+    pub currency: Currency,
     pub created_at: DateTime<Utc>,
 }
 
@@ -292,7 +292,7 @@ mod tests {
             id: 42,
             user_id: 3,
             amount_minor: 4200,
-            currency: "USD".into(),
+            currency: Currency::default(),
             created_at: at(0),
             status: crate::domain::OrderStatus::Pending,
             updated_at: at(0),

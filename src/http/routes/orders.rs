@@ -182,7 +182,7 @@ pub struct OrderView {
     pub id: i64,
     pub user_id: i64,
     pub amount: Money,
-    pub currency: String,
+    pub currency: Currency,
     pub status: OrderStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
