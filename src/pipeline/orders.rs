@@ -263,7 +263,7 @@ pub fn show(conn: &mut PgConnection, order_id: OrderId) -> anyhow::Result<OrderD
         .ok_or_else(|| unknown(order_id))?;
     let items = order_items::for_order(conn, order.id).context("reading the order's items")?;
     let payment = payments::for_order(conn, order.id).context("reading the order's payment")?;
-    let trace = trace::trace(conn, order.id)?;
+    let trace = trace::trace(conn, OrderId(order.id))?;
     Ok(OrderDetails {
         id: order_id,
         user_id: UserId(order.user_id),

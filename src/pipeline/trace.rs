@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::db::delivery_attempts::{self, Attempt};
 use crate::db::models::{Notification, Order, OutboxRow};
 use crate::db::{notifications, orders, outbox};
-use crate::domain::{Currency, Money};
+use crate::domain::{Currency, Money, OrderId, UserId};
 use crate::error::NotFound;
 
 #[derive(Clone, Debug, Serialize)]
@@ -29,8 +29,8 @@ pub struct Trace {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TracedOrder {
-    pub id: i64,
-    pub user_id: i64,
+    pub id: OrderId,
+    pub user_id: UserId,
     pub amount: Money,
     pub currency: Currency,
     pub created_at: DateTime<Utc>,
@@ -133,7 +133,8 @@ impl State {
 }
 
 /// Reads the order's trace. An unknown order is [`NotFound`].
-pub fn trace(conn: &mut PgConnection, order_id: i64) -> anyhow::Result<Trace> {
+pub fn trace(conn: &mut PgConnection, id: OrderId) -> anyhow::Result<Trace> {
+    let order_id = id.0;
     let order = orders::find(conn, order_id)
         .with_context(|| format!("reading order {order_id}"))?
         .ok_or_else(|| NotFound::new(format!("order {order_id} not found")))?;
@@ -198,8 +199,8 @@ fn build(
     let state = state(published, notification.as_ref(), last_outcome.as_deref());
     Ok(Trace {
         order: TracedOrder {
-            id: order.id,
-            user_id: order.user_id,
+            id: OrderId(order.id),
+            user_id: UserId(order.user_id),
             amount,
             currency: order.currency,
             created_at: order.created_at,

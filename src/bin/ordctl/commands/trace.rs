@@ -1,6 +1,7 @@
 //! `ordctl trace`
 
 use ordctl::db;
+use ordctl::domain::OrderId;
 use ordctl::pipeline::trace;
 
 use super::Ctx;
@@ -21,7 +22,7 @@ pub struct Args {
 impl Args {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<()> {
         let mut conn = db::connect(&ctx.settings.database_url)?;
-        let trace = trace::trace(&mut conn, self.order_id)?;
+        let trace = trace::trace(&mut conn, OrderId(self.order_id))?;
         if ctx.json {
             return output::json(&trace);
         }
