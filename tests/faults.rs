@@ -303,7 +303,7 @@ fn a_memory_alarm_never_hangs_a_command_and_the_order_is_emailed_once_it_clears(
     std::thread::sleep(Duration::from_secs(2));
     relay.terminate();
     let stopping = Instant::now();
-    relay.wait().assert_code(0);
+    let relay = relay.wait().assert_code(0);
     assert!(stopping.elapsed() < Duration::from_secs(10));
     assert_eq!(env.emails().len(), 1, "an email while the broker blocks");
 
@@ -319,11 +319,20 @@ fn a_memory_alarm_never_hangs_a_command_and_the_order_is_emailed_once_it_clears(
     assert_eq!(status["broker_blocked"], serde_json::Value::Null);
     worker.terminate();
     let worker = worker.wait().assert_code(0);
-    let said = worker
-        .stderr
-        .matches("broker is blocking publishers (memory alarm)")
-        .count();
-    assert_eq!(said, 1, "{}", worker.stderr);
+    // Whichever relay claimed the blocked order's row (the worker's or the
+    // standalone one) met the block and said so, each at most once.
+    let said = |stderr: &str| {
+        stderr
+            .matches("broker is blocking publishers (memory alarm)")
+            .count()
+    };
+    let (by_worker, by_relay) = (said(&worker.stderr), said(&relay.stderr));
+    assert!(
+        by_worker <= 1 && by_relay <= 1 && by_worker + by_relay >= 1,
+        "worker said it {by_worker} times, relay {by_relay}:\n{}\n{}",
+        worker.stderr,
+        relay.stderr
+    );
 }
 
 #[test]
