@@ -299,8 +299,10 @@ fn a_memory_alarm_never_hangs_a_command_and_the_order_is_emailed_once_it_clears(
         doctor.stdout
     );
     assert!(started.elapsed() < Duration::from_secs(20));
-    // The relays meet the block too; a signal still stops them at once.
-    std::thread::sleep(Duration::from_secs(2));
+    // The relays meet the block too, at their next sweep at the latest
+    // (every 5 s: place-order held the row while it tried, so the wake-up
+    // on commit found it locked); a signal still stops them at once.
+    std::thread::sleep(Duration::from_secs(7));
     relay.terminate();
     let stopping = Instant::now();
     let relay = relay.wait().assert_code(0);
