@@ -13,16 +13,17 @@ use crate::cache::SentMarks;
 use crate::db::delivery_attempts::{self, NewAttempt};
 use crate::db::models::NewNotification;
 use crate::db::{notifications, PgPool};
+use crate::domain::{AttemptOutcome, DeliveryStatus, OrderId};
 use crate::messaging::consumer::{Disposition, HandleError};
 
 /// Which delivery: one event, as one consumer handles it.
-#[derive(Clone, Copy, Debug)]
-pub struct Delivery<'a> {
+#[derive(Clone, Debug)]
+pub struct Delivery {
     pub event_id: Uuid,
-    pub consumer: &'a str,
-    pub order_id: i64,
+    pub consumer: &'static str,
+    pub order_id: OrderId,
     /// The email's Message-ID, for consumers that send one.
-    pub message_id: Option<&'a str>,
+    pub message_id: Option<String>,
     /// 1 for the first attempt, then one more per retry.
     pub attempt: u32,
 }
@@ -40,38 +41,31 @@ pub enum Outcome {
 /// stays locked while it runs, so a concurrent duplicate waits and then
 /// does nothing; the effect's database writes commit with the `sent` mark.
 ///
-/// The commit does not wait for the disk: the consumer's
-/// [`Handler::durable`](crate::messaging::consumer::Handler::durable) must
-/// call [`make_durable`] before its messages are acked, so one flush
-/// covers every delivery a slot handled since. The mark is visible to
+/// The commit does not wait for the disk: [`make_durable`] runs before its
+/// message is acked (see [`Logged`](super::Logged)), so one flush covers
+/// every delivery a slot handled since. The mark is visible to
 /// other transactions at once, so a redelivery still finds it `sent`.
 pub fn once(
     db: &PgPool,
-    delivery: &Delivery<'_>,
+    delivery: &Delivery,
     effect: impl FnOnce(&mut PgConnection) -> Result<String, HandleError>,
 ) -> Result<Outcome, HandleError> {
     let mut conn = db
         .get()
         .map_err(|e| HandleError::Transient(anyhow!(e).context("getting a database connection")))?;
-    let row = NewNotification {
-        event_id: delivery.event_id,
-        consumer: delivery.consumer,
-        order_id: delivery.order_id,
-        status: notifications::PENDING,
-        message_id: delivery.message_id,
-    };
+    let row = log_row(delivery, DeliveryStatus::Pending);
     conn.transaction(|conn| {
         diesel::sql_query("SET LOCAL synchronous_commit TO OFF")
             .execute(conn)
             .map_err(db_error)?;
         let logged = notifications::lock_for_delivery(conn, &row).map_err(db_error)?;
-        if logged.status == notifications::SENT {
+        if logged.status == DeliveryStatus::Sent {
             tracing::info!(
-                order_id = delivery.order_id,
+                order_id = delivery.order_id.0,
                 consumer = delivery.consumer,
                 "already handled; nothing done"
             );
-            record_attempt(conn, delivery, delivery_attempts::DUPLICATE, None, None)?;
+            record_attempt(conn, delivery, AttemptOutcome::Duplicate, None, None)?;
             return Ok(Outcome::AlreadyDone);
         }
         let reply = effect(conn)?;
@@ -107,13 +101,13 @@ pub fn make_durable(db: &PgPool) -> anyhow::Result<()> {
 pub fn once_sending(
     db: &PgPool,
     marks: &SentMarks,
-    delivery: &Delivery<'_>,
+    delivery: &Delivery,
     send: impl FnOnce(&mut PgConnection) -> Result<String, HandleError>,
 ) -> Result<Outcome, HandleError> {
     once(db, delivery, |conn| {
         if let Some(reply) = marks.get(delivery.consumer, delivery.event_id) {
             tracing::info!(
-                order_id = delivery.order_id,
+                order_id = delivery.order_id.0,
                 consumer = delivery.consumer,
                 "sent before its delivery could be recorded; recording it, sending nothing"
             );
@@ -129,21 +123,15 @@ pub fn once_sending(
 /// transaction rolled back; never downgrades a `sent` row.
 pub fn record_failure(
     db: &PgPool,
-    delivery: &Delivery<'_>,
+    delivery: &Delivery,
     error: &HandleError,
     disposition: Disposition,
 ) -> anyhow::Result<()> {
     let (status, outcome) = match disposition {
-        Disposition::Retrying { .. } => (notifications::RETRYING, delivery_attempts::RETRYING),
-        Disposition::DeadLettered => (notifications::DEAD, delivery_attempts::DEAD),
+        Disposition::Retrying { .. } => (DeliveryStatus::Retrying, AttemptOutcome::Retrying),
+        Disposition::DeadLettered => (DeliveryStatus::Dead, AttemptOutcome::Dead),
     };
-    let row = NewNotification {
-        event_id: delivery.event_id,
-        consumer: delivery.consumer,
-        order_id: delivery.order_id,
-        status,
-        message_id: delivery.message_id,
-    };
+    let row = log_row(delivery, status);
     let error = error.to_string();
     let mut conn = db.get()?;
     conn.transaction(|conn| {
@@ -153,10 +141,20 @@ pub fn record_failure(
     Ok(())
 }
 
+fn log_row(delivery: &Delivery, status: DeliveryStatus) -> NewNotification<'_> {
+    NewNotification {
+        event_id: delivery.event_id,
+        consumer: delivery.consumer,
+        order_id: delivery.order_id,
+        status,
+        message_id: delivery.message_id.as_deref(),
+    }
+}
+
 fn record_attempt(
     conn: &mut PgConnection,
-    delivery: &Delivery<'_>,
-    outcome: &str,
+    delivery: &Delivery,
+    outcome: AttemptOutcome,
     error: Option<&str>,
     reply: Option<&str>,
 ) -> Result<(), HandleError> {
@@ -166,8 +164,8 @@ fn record_attempt(
 }
 
 fn attempt<'a>(
-    delivery: &Delivery<'a>,
-    outcome: &'a str,
+    delivery: &'a Delivery,
+    outcome: AttemptOutcome,
     error: Option<&'a str>,
     reply: Option<&'a str>,
 ) -> NewAttempt<'a> {

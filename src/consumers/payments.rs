@@ -15,17 +15,19 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use diesel::PgConnection;
 
+use uuid::Uuid;
+
 use super::delivery::{self, db_error, Delivery};
-use super::Consumer;
+use super::{Consume, Consumer, Logged};
 use crate::cache::ProductCache;
 use crate::db::models::NewPayment;
 use crate::db::{orders, payments, PgPool};
 use crate::domain::events::{DeclinedPaymentSnapshot, PaymentSnapshot};
 use crate::domain::{
-    Event, OrderCreated, OrderId, OrderStatus, PaymentDeclined, PaymentSucceeded, ProductId,
-    ORDER_CREATED,
+    Event, OrderCreated, OrderId, OrderStatus, PaymentDeclined, PaymentStatus, PaymentSucceeded,
+    ProductId, ORDER_CREATED,
 };
-use crate::messaging::consumer::{Disposition, HandleError, Handler, Message};
+use crate::messaging::consumer::HandleError;
 use crate::messaging::topology::ConsumerSpec;
 use crate::pipeline::orders as order_moves;
 
@@ -37,13 +39,16 @@ pub const SPEC: ConsumerSpec = ConsumerSpec {
 pub const CONSUMER: Consumer = Consumer {
     spec: SPEC,
     build: |deps| {
-        Box::new(Payments {
-            db: deps.db.clone(),
-            gateway: Gateway {
-                fail_rate: deps.payment_fail_rate,
+        Logged::boxed(
+            &deps.db,
+            Payments {
+                db: deps.db.clone(),
+                gateway: Gateway {
+                    fail_rate: deps.payment_fail_rate,
+                },
+                products: deps.products.clone(),
             },
-            products: deps.products.clone(),
-        })
+        )
     },
 };
 
@@ -92,21 +97,6 @@ pub struct Payments {
 }
 
 impl Payments {
-    /// Charges the order once; returns what happened, for the delivery log.
-    pub fn pay(&self, event: &OrderCreated, attempt: u32) -> Result<String, HandleError> {
-        let target = target(event, attempt);
-        let mut released = Vec::new();
-        let outcome = delivery::once(&self.db, &target, |conn| {
-            self.charge_once(conn, event, &mut released)
-        })?;
-        // After commit: the released stock must not be served stale.
-        self.products.invalidate(&released);
-        Ok(match outcome {
-            delivery::Outcome::Done { reply } => reply,
-            delivery::Outcome::AlreadyDone => "already handled".into(),
-        })
-    }
-
     /// Inside the delivery's transaction, with the order row locked.
     fn charge_once(
         &self,
@@ -118,7 +108,7 @@ impl Payments {
         let order = orders::lock(conn, order_id)
             .map_err(db_error)?
             .ok_or_else(|| HandleError::Permanent(anyhow!("order {order_id} does not exist")))?;
-        if let Some(payment) = payments::for_order(conn, order_id).map_err(db_error)? {
+        if let Some(payment) = payments::for_order(conn, OrderId(order_id)).map_err(db_error)? {
             return Ok(format!(
                 "already {} ({}); nothing charged",
                 payment.status, payment.reference
@@ -140,7 +130,7 @@ impl Payments {
         let now = chrono::Utc::now();
         let written = match self.gateway.charge(event)? {
             Charge::Approved { reference } => {
-                payments::insert(conn, &payment(payments::SUCCEEDED, &reference, None))
+                payments::insert(conn, &payment(PaymentStatus::Succeeded, &reference, None))
                     .map_err(db_error)?;
                 order_moves::mark_paid(conn, OrderId(order_id)).map_err(transient)?;
                 let paid = PaymentSucceeded::new(
@@ -158,7 +148,7 @@ impl Payments {
             Charge::Declined { reference, reason } => {
                 payments::insert(
                     conn,
-                    &payment(payments::DECLINED, &reference, Some(&reason)),
+                    &payment(PaymentStatus::Declined, &reference, Some(&reason)),
                 )
                 .map_err(db_error)?;
                 let declined = PaymentDeclined::new(
@@ -187,52 +177,30 @@ impl Payments {
     }
 }
 
-impl Handler for Payments {
-    fn spec(&self) -> ConsumerSpec {
-        SPEC
+impl Consume for Payments {
+    type Event = OrderCreated;
+
+    const SPEC: ConsumerSpec = SPEC;
+
+    fn parse(body: &[u8]) -> Result<OrderCreated, HandleError> {
+        OrderCreated::from_json(body).map_err(|e| {
+            HandleError::Permanent(e.context("the message is not a valid order.created event"))
+        })
     }
 
-    fn handle(&self, message: &Message<'_>) -> Result<(), HandleError> {
-        let event = parse(message.body)?;
-        tracing::Span::current().record("order_id", event.order.id);
-        self.pay(&event, message.attempt).map(drop)
+    fn keys(event: &OrderCreated) -> (Uuid, OrderId) {
+        (event.event_id, OrderId(event.order.id))
     }
 
-    fn durable(&self) -> anyhow::Result<()> {
-        delivery::make_durable(&self.db)
-    }
-
-    fn failed(
-        &self,
-        message: &Message<'_>,
-        error: &HandleError,
-        disposition: Disposition,
-    ) -> anyhow::Result<()> {
-        let Ok(event) = parse(message.body) else {
-            return Ok(());
-        };
-        delivery::record_failure(
-            &self.db,
-            &target(&event, message.attempt),
-            error,
-            disposition,
-        )
-    }
-}
-
-fn parse(body: &[u8]) -> Result<OrderCreated, HandleError> {
-    OrderCreated::from_json(body).map_err(|e| {
-        HandleError::Permanent(e.context("the message is not a valid order.created event"))
-    })
-}
-
-fn target(event: &OrderCreated, attempt: u32) -> Delivery<'static> {
-    Delivery {
-        event_id: event.event_id,
-        consumer: SPEC.name,
-        order_id: event.order.id,
-        message_id: None,
-        attempt,
+    /// Charges the order once.
+    fn handle(&self, event: &OrderCreated, target: &Delivery) -> Result<(), HandleError> {
+        let mut released = Vec::new();
+        delivery::once(&self.db, target, |conn| {
+            self.charge_once(conn, event, &mut released)
+        })?;
+        // After commit: the released stock must not be served stale.
+        self.products.invalidate(&released);
+        Ok(())
     }
 }
 

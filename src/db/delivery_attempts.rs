@@ -7,23 +7,16 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::schema::delivery_attempts;
-
-pub const SENT: &str = "sent";
-/// A redelivery of an event already sent: acked, nothing sent.
-pub const DUPLICATE: &str = "duplicate";
-pub const RETRYING: &str = "retrying";
-pub const DEAD: &str = "dead";
-/// Moved back from the dead-letter queue by `ordctl replay-dlq`.
-pub const REPLAYED: &str = "replayed";
+use crate::domain::{AttemptOutcome, OrderId};
 
 #[derive(Insertable)]
 #[diesel(table_name = delivery_attempts)]
 pub struct NewAttempt<'a> {
     pub event_id: Uuid,
     pub consumer: &'a str,
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub attempt: i32,
-    pub outcome: &'a str,
+    pub outcome: AttemptOutcome,
     pub error: Option<&'a str>,
     pub smtp_reply: Option<&'a str>,
 }
@@ -34,7 +27,7 @@ pub struct Attempt {
     pub event_id: Uuid,
     pub consumer: String,
     pub attempt: i32,
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub error: Option<String>,
     pub smtp_reply: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -54,7 +47,7 @@ pub fn record_many(conn: &mut PgConnection, attempts: &[NewAttempt<'_>]) -> Quer
 }
 
 /// An order's attempts, oldest first.
-pub fn for_order(conn: &mut PgConnection, order_id: i64) -> QueryResult<Vec<Attempt>> {
+pub fn for_order(conn: &mut PgConnection, order_id: OrderId) -> QueryResult<Vec<Attempt>> {
     delivery_attempts::table
         .filter(delivery_attempts::order_id.eq(order_id))
         .order(delivery_attempts::id)

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::schema::{notifications, order_items, orders, outbox, payments, products, users};
-use crate::domain::{Currency, OrderStatus};
+use crate::domain::{Currency, DeliveryStatus, OrderId, OrderStatus, PaymentStatus};
 
 #[derive(Clone, Debug, Queryable, Selectable, Serialize, Deserialize, PartialEq, Eq)]
 #[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
@@ -70,8 +70,8 @@ pub struct NewOutboxRow<'a> {
 #[diesel(table_name = notifications, check_for_backend(diesel::pg::Pg))]
 pub struct Notification {
     pub event_id: Uuid,
-    pub order_id: i64,
-    pub status: String,
+    pub order_id: OrderId,
+    pub status: DeliveryStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub smtp_reply: Option<String>,
@@ -85,8 +85,8 @@ pub struct Notification {
 pub struct NewNotification<'a> {
     pub event_id: Uuid,
     pub consumer: &'a str,
-    pub order_id: i64,
-    pub status: &'a str,
+    pub order_id: OrderId,
+    pub status: DeliveryStatus,
     pub message_id: Option<&'a str>,
 }
 
@@ -105,7 +105,7 @@ pub struct Payment {
     pub id: i64,
     pub order_id: i64,
     pub event_id: Uuid,
-    pub status: String,
+    pub status: PaymentStatus,
     pub amount_minor: i64,
     pub currency: Currency,
     pub reference: String,
@@ -118,7 +118,7 @@ pub struct Payment {
 pub struct NewPayment<'a> {
     pub order_id: i64,
     pub event_id: Uuid,
-    pub status: &'a str,
+    pub status: PaymentStatus,
     pub amount_minor: i64,
     pub currency: &'a str,
     pub reference: &'a str,

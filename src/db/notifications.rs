@@ -7,11 +7,7 @@ use uuid::Uuid;
 
 use super::models::{NewNotification, Notification};
 use super::schema::notifications;
-
-pub const PENDING: &str = "pending";
-pub const SENT: &str = "sent";
-pub const RETRYING: &str = "retrying";
-pub const DEAD: &str = "dead";
+use crate::domain::{AttemptOutcome, DeliveryStatus, OrderId};
 
 /// Creates the event's row if needed and locks it until the transaction
 /// ends. A second worker handling the same event waits here, then sees
@@ -41,16 +37,18 @@ pub fn mark_sent(
 ) -> QueryResult<usize> {
     diesel::sql_query(
         "WITH sent AS ( \
-             UPDATE notifications SET status = 'sent', attempts = attempts + 1, \
+             UPDATE notifications SET status = $5, attempts = attempts + 1, \
                  smtp_reply = $3, sent_at = clock_timestamp(), updated_at = now() \
              WHERE event_id = $1 AND consumer = $2 RETURNING order_id) \
          INSERT INTO delivery_attempts (event_id, consumer, order_id, attempt, outcome, smtp_reply) \
-         SELECT $1, $2, order_id, $4, 'sent', $3 FROM sent",
+         SELECT $1, $2, order_id, $4, $6, $3 FROM sent",
     )
     .bind::<SqlUuid, _>(event_id)
     .bind::<Text, _>(consumer)
     .bind::<Text, _>(reply)
     .bind::<diesel::sql_types::Integer, _>(attempt)
+    .bind::<Text, _>(DeliveryStatus::Sent)
+    .bind::<Text, _>(AttemptOutcome::Sent)
     .execute(conn)
 }
 
@@ -66,7 +64,7 @@ pub fn record_failure(
          VALUES ($1, $2, $3, $4, $5, 1, $6) \
          ON CONFLICT (event_id, consumer) DO UPDATE SET status = EXCLUDED.status, \
              attempts = notifications.attempts + 1, last_error = EXCLUDED.last_error, updated_at = now() \
-         WHERE notifications.status <> 'sent'",
+         WHERE notifications.status <> $7",
     )
     .bind::<SqlUuid, _>(row.event_id)
     .bind::<Text, _>(row.consumer)
@@ -74,6 +72,7 @@ pub fn record_failure(
     .bind::<Text, _>(row.status)
     .bind::<Nullable<Text>, _>(row.message_id)
     .bind::<Text, _>(error)
+    .bind::<Text, _>(DeliveryStatus::Sent)
     .execute(conn)
 }
 
@@ -91,8 +90,8 @@ pub fn find(
 }
 
 /// Delivery counts by consumer and status, e.g.
-/// `[("notifications", "sent", 41), ("payments", "dead", 1)]`.
-pub fn count_by_status(conn: &mut PgConnection) -> QueryResult<Vec<(String, String, i64)>> {
+/// `[("notifications", Sent, 41), ("payments", Dead, 1)]`.
+pub fn count_by_status(conn: &mut PgConnection) -> QueryResult<Vec<(String, DeliveryStatus, i64)>> {
     notifications::table
         .group_by((notifications::consumer, notifications::status))
         .select((
@@ -112,7 +111,7 @@ pub fn dead_by_error(
     limit: i64,
 ) -> QueryResult<Vec<(Option<String>, i64)>> {
     notifications::table
-        .filter(notifications::status.eq(DEAD))
+        .filter(notifications::status.eq(DeliveryStatus::Dead))
         .filter(notifications::consumer.eq(consumer))
         .group_by(notifications::last_error)
         .select((notifications::last_error, diesel::dsl::count_star()))
@@ -123,7 +122,7 @@ pub fn dead_by_error(
 
 /// Every delivery-log row of an order, all consumers and events, oldest
 /// first.
-pub fn for_order(conn: &mut PgConnection, order_id: i64) -> QueryResult<Vec<Notification>> {
+pub fn for_order(conn: &mut PgConnection, order_id: OrderId) -> QueryResult<Vec<Notification>> {
     notifications::table
         .filter(notifications::order_id.eq(order_id))
         .order(notifications::id)

@@ -4,11 +4,9 @@ use diesel::prelude::*;
 
 use super::models::{NewPayment, Payment};
 use super::schema::payments;
+use crate::domain::OrderId;
 
-pub const SUCCEEDED: &str = "succeeded";
-pub const DECLINED: &str = "declined";
-
-pub fn for_order(conn: &mut PgConnection, order_id: i64) -> QueryResult<Option<Payment>> {
+pub fn for_order(conn: &mut PgConnection, order_id: OrderId) -> QueryResult<Option<Payment>> {
     payments::table
         .filter(payments::order_id.eq(order_id))
         .select(Payment::as_select())

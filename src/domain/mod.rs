@@ -11,19 +11,21 @@ use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::expression::AsExpression;
 use diesel::pg::{Pg, PgValue};
 use diesel::serialize::{self, IsNull, Output, ToSql};
-use diesel::sql_types::Text;
+use diesel::sql_types::{BigInt, Text};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::InvalidInput;
 
 pub mod age;
 pub mod events;
+mod states;
 
 pub use events::{
     Event, OrderCancelled, OrderCreated, OrderSnapshot, OrderStatusUpdated, PaymentDeclined,
     PaymentSucceeded, StockLow, ORDER_CANCELLED, ORDER_CREATED, ORDER_STATUS_UPDATED,
     PAYMENT_DECLINED, PAYMENT_SUCCEEDED, STOCK_LOW,
 };
+pub use states::{AttemptOutcome, DeliveryStatus, OrderStatus, PaymentStatus};
 
 /// The largest amount accepted: 1 000 000 000 000.00 in minor units.
 const MAX_MINOR_UNITS: i64 = 100_000_000_000_000;
@@ -153,13 +155,29 @@ impl From<Currency> for String {
 }
 
 /// A positive integer id (a row's primary key) as given on the command line
-/// or carried in an event: serialized as the bare number.
+/// or carried in an event: serialized as the bare number, stored as `bigint`.
 macro_rules! positive_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+            AsExpression, FromSqlRow,
+        )]
+        #[diesel(sql_type = BigInt)]
         #[serde(transparent)]
         pub struct $name(pub i64);
+
+        impl ToSql<BigInt, Pg> for $name {
+            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+                <i64 as ToSql<BigInt, Pg>>::to_sql(&self.0, &mut out.reborrow())
+            }
+        }
+
+        impl FromSql<BigInt, Pg> for $name {
+            fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+                <i64 as FromSql<BigInt, Pg>>::from_sql(bytes).map(Self)
+            }
+        }
 
         impl FromStr for $name {
             type Err = InvalidInput;
@@ -197,84 +215,6 @@ positive_id!(
     ProductId,
     "product id"
 );
-
-/// Where an order stands. Stored as its lower-case name in `orders.status`.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, AsExpression, FromSqlRow,
-)]
-#[diesel(sql_type = Text)]
-#[serde(rename_all = "lowercase")]
-pub enum OrderStatus {
-    Pending,
-    Paid,
-    Shipped,
-    Delivered,
-    Cancelled,
-}
-
-impl OrderStatus {
-    pub const ALL: [Self; 5] = [
-        Self::Pending,
-        Self::Paid,
-        Self::Shipped,
-        Self::Delivered,
-        Self::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Paid => "paid",
-            Self::Shipped => "shipped",
-            Self::Delivered => "delivered",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    /// The legal moves: `pending` → `paid` → `shipped` → `delivered`, or
-    /// `pending` → `cancelled`. Nothing leaves `delivered` or `cancelled`.
-    pub fn can_become(self, to: Self) -> bool {
-        use OrderStatus::*;
-        matches!(
-            (self, to),
-            (Pending, Paid) | (Paid, Shipped) | (Shipped, Delivered) | (Pending, Cancelled)
-        )
-    }
-}
-
-impl fmt::Display for OrderStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for OrderStatus {
-    type Err = InvalidInput;
-    fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.as_str() == raw)
-            .ok_or_else(|| {
-                InvalidInput::new(format!(
-                    "invalid order status {raw:?}: expected one of pending, paid, shipped, delivered, cancelled"
-                ))
-            })
-    }
-}
-
-impl ToSql<Text, Pg> for OrderStatus {
-    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
-        out.write_all(self.as_str().as_bytes())?;
-        Ok(IsNull::No)
-    }
-}
-
-impl FromSql<Text, Pg> for OrderStatus {
-    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
-        let raw = <String as FromSql<Text, Pg>>::from_sql(bytes)?;
-        Ok(raw.parse()?)
-    }
-}
 
 impl ToSql<Text, Pg> for Currency {
     fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
@@ -653,40 +593,6 @@ mod tests {
             assert!(raw.parse::<ProductId>().is_err(), "{raw:?}");
         }
         assert_eq!(serde_json::to_string(&OrderId(7)).unwrap(), "7");
-    }
-
-    #[test]
-    fn order_statuses_parse_and_serialize_lower_case() {
-        for status in OrderStatus::ALL {
-            assert_eq!(status.as_str().parse::<OrderStatus>().unwrap(), status);
-            assert_eq!(
-                serde_json::to_value(status).unwrap(),
-                serde_json::json!(status.as_str())
-            );
-        }
-        for raw in ["", "Paid", "refunded", " paid"] {
-            assert!(raw.parse::<OrderStatus>().is_err(), "{raw:?}");
-        }
-    }
-
-    #[test]
-    fn only_the_documented_status_moves_are_legal() {
-        use OrderStatus::*;
-        let legal = [
-            (Pending, Paid),
-            (Paid, Shipped),
-            (Shipped, Delivered),
-            (Pending, Cancelled),
-        ];
-        for from in OrderStatus::ALL {
-            for to in OrderStatus::ALL {
-                assert_eq!(
-                    from.can_become(to),
-                    legal.contains(&(from, to)),
-                    "{from} -> {to}"
-                );
-            }
-        }
     }
 
     #[test]

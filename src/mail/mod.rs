@@ -9,11 +9,12 @@ pub use render::{confirmation, message_id};
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use lettre::{FileTransport, Message, Transport};
 
 use self::smtp::SmtpPool;
 use crate::config::SmtpSettings;
+use crate::messaging::consumer::HandleError;
 
 /// Why an email was not sent; decides retry versus dead letter.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,16 @@ pub enum MailError {
     /// (refused connection, failed TLS, rejected credentials).
     #[error("{0}")]
     Unavailable(String),
+}
+
+/// How the consumer runtime treats a mail failure: each kind of
+/// [`MailError`] is the [`HandleError`] of the same name.
+pub fn mail_error(error: MailError) -> HandleError {
+    match error {
+        MailError::Transient(text) => HandleError::Transient(anyhow!(text)),
+        MailError::Permanent(text) => HandleError::Permanent(anyhow!(text)),
+        MailError::Unavailable(text) => HandleError::Unavailable(anyhow!(text)),
+    }
 }
 
 pub enum Mailer {

@@ -101,9 +101,8 @@ pub fn route(
     }
 }
 
-/// One consumer of the pipeline (notifications today; payment and inventory
-/// come next). Implementations must be idempotent: a message can arrive
-/// twice.
+/// What the runtime runs on each message of one consumer's queue.
+/// Implementations must be idempotent: a message can arrive twice.
 pub trait Handler: Send + Sync {
     fn spec(&self) -> ConsumerSpec;
 

@@ -19,7 +19,7 @@ use crate::db::{order_items, orders, outbox, payments, products};
 use crate::domain::events::ItemSnapshot;
 use crate::domain::{
     Currency, Event, Money, OrderCancelled, OrderId, OrderSnapshot, OrderStatus,
-    OrderStatusUpdated, ProductId, UserId,
+    OrderStatusUpdated, PaymentStatus, ProductId, UserId,
 };
 use crate::error::{InvalidInput, NotFound};
 use crate::messaging::publisher::Publisher;
@@ -246,7 +246,7 @@ pub struct ItemDetails {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PaymentDetails {
-    pub status: String,
+    pub status: PaymentStatus,
     pub amount: Money,
     pub currency: Currency,
     pub reference: String,
@@ -262,7 +262,8 @@ pub fn show(conn: &mut PgConnection, order_id: OrderId) -> anyhow::Result<OrderD
         .with_context(|| format!("reading order {order_id}"))?
         .ok_or_else(|| unknown(order_id))?;
     let items = order_items::for_order(conn, order.id).context("reading the order's items")?;
-    let payment = payments::for_order(conn, order.id).context("reading the order's payment")?;
+    let payment =
+        payments::for_order(conn, OrderId(order.id)).context("reading the order's payment")?;
     let trace = trace::trace(conn, OrderId(order.id))?;
     Ok(OrderDetails {
         id: order_id,

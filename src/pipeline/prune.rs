@@ -11,7 +11,7 @@ use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
 use serde::Serialize;
 
 use crate::consumers;
-use crate::db::notifications;
+use crate::domain::DeliveryStatus;
 
 /// What a prune deleted, or would delete with `--dry-run`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -49,7 +49,7 @@ pub fn prune(
         // The events that may go: published before the cutoff, every
         // expected consumer has a `sent` row, none of their rows is in any
         // other state or was touched since the cutoff.
-        diesel::sql_query(format!(
+        diesel::sql_query(
             "CREATE TEMPORARY TABLE prunable ON COMMIT DROP AS
              SELECT o.id, o.event_id FROM outbox o
              WHERE o.published_at IS NOT NULL AND o.published_at < $1
@@ -59,16 +59,16 @@ pub fn prune(
                    AND NOT EXISTS (
                      SELECT 1 FROM notifications n
                      WHERE n.event_id = o.event_id AND n.consumer = e.consumer
-                       AND n.status = '{sent}'))
+                       AND n.status = $4))
                AND NOT EXISTS (
                  SELECT 1 FROM notifications n
                  WHERE n.event_id = o.event_id
-                   AND (n.status <> '{sent}' OR n.updated_at >= $1))",
-            sent = notifications::SENT
-        ))
+                   AND (n.status <> $4 OR n.updated_at >= $1))",
+        )
         .bind::<Timestamptz, _>(cutoff)
         .bind::<Array<Text>, _>(&keys)
         .bind::<Array<Text>, _>(&names)
+        .bind::<Text, _>(DeliveryStatus::Sent)
         .execute(conn)?;
         let mut pruned = Pruned {
             dry_run,

@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::db::delivery_attempts::{self, NewAttempt};
 use crate::db::orders;
 use crate::domain::events::Event;
+use crate::domain::AttemptOutcome;
 use crate::error::InvalidInput;
 use crate::messaging::consumer::headers;
 use crate::messaging::table::{header_int, header_str};
@@ -381,9 +382,9 @@ fn record_replays(conn: &mut PgConnection, window: &[(Delivery, DeadLetter)]) {
         .map(|(event, letter)| NewAttempt {
             event_id: event.event_id(),
             consumer: &letter.consumer,
-            order_id: event.order_id().0,
+            order_id: event.order_id(),
             attempt: letter.attempts as i32,
-            outcome: delivery_attempts::REPLAYED,
+            outcome: AttemptOutcome::Replayed,
             error: letter.reason.as_deref(),
             smtp_reply: None,
         })

@@ -19,6 +19,7 @@ use url::Url;
 
 use crate::config::Settings;
 use crate::db::{self, notifications, outbox};
+use crate::domain::DeliveryStatus;
 use crate::messaging::management::ManagementApi;
 use crate::messaging::{self, topology::Topology, Link};
 use crate::secrets::redact;
@@ -130,7 +131,7 @@ pub fn collect(
 
     let mut deliveries: BTreeMap<String, i64> = BTreeMap::new();
     for (_, status, count) in &counts {
-        *deliveries.entry(status.clone()).or_default() += count;
+        *deliveries.entry(status.to_string()).or_default() += count;
     }
     let mut consumers = Vec::with_capacity(topology.consumers.len());
     let mut dead_letters = Vec::new();
@@ -144,9 +145,12 @@ pub fn collect(
         let by_status: BTreeMap<String, i64> = counts
             .iter()
             .filter(|(consumer, _, _)| consumer == spec.name)
-            .map(|(_, status, count)| (status.clone(), *count))
+            .map(|(_, status, count)| (status.to_string(), *count))
             .collect();
-        let dead_logged = by_status.get(notifications::DEAD).copied().unwrap_or(0);
+        let dead_logged = by_status
+            .get(DeliveryStatus::Dead.as_str())
+            .copied()
+            .unwrap_or(0);
         let top = notifications::dead_by_error(&mut conn, spec.name, TOP_REASONS)
             .context("reading dead deliveries")?;
         dead_letters.extend(dead_reasons(spec.name, top, dead_logged, dlq));

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::db::delivery_attempts::{self, Attempt};
 use crate::db::models::{Notification, Order, OutboxRow};
 use crate::db::{notifications, orders, outbox};
-use crate::domain::{Currency, Money, OrderId, UserId};
+use crate::domain::{AttemptOutcome, Currency, DeliveryStatus, Money, OrderId, UserId};
 use crate::error::NotFound;
 
 #[derive(Clone, Debug, Serialize)]
@@ -75,15 +75,14 @@ pub enum StepKind {
 }
 
 impl StepKind {
-    fn from_outcome(outcome: &str) -> Option<Self> {
-        Some(match outcome {
-            delivery_attempts::SENT => Self::Sent,
-            delivery_attempts::DUPLICATE => Self::Duplicate,
-            delivery_attempts::RETRYING => Self::Retrying,
-            delivery_attempts::DEAD => Self::DeadLettered,
-            delivery_attempts::REPLAYED => Self::Replayed,
-            _ => return None,
-        })
+    fn from_outcome(outcome: AttemptOutcome) -> Self {
+        match outcome {
+            AttemptOutcome::Sent => Self::Sent,
+            AttemptOutcome::Duplicate => Self::Duplicate,
+            AttemptOutcome::Retrying => Self::Retrying,
+            AttemptOutcome::Dead => Self::DeadLettered,
+            AttemptOutcome::Replayed => Self::Replayed,
+        }
     }
 
     pub fn as_str(self) -> &'static str {
@@ -133,12 +132,11 @@ impl State {
 }
 
 /// Reads the order's trace. An unknown order is [`NotFound`].
-pub fn trace(conn: &mut PgConnection, id: OrderId) -> anyhow::Result<Trace> {
-    let order_id = id.0;
-    let order = orders::find(conn, order_id)
+pub fn trace(conn: &mut PgConnection, order_id: OrderId) -> anyhow::Result<Trace> {
+    let order = orders::find(conn, order_id.0)
         .with_context(|| format!("reading order {order_id}"))?
         .ok_or_else(|| NotFound::new(format!("order {order_id} not found")))?;
-    let events = outbox::for_order(conn, order_id).context("reading the outbox")?;
+    let events = outbox::for_order(conn, order_id.0).context("reading the outbox")?;
     let attempts = delivery_attempts::for_order(conn, order_id).context("reading attempts")?;
     let deliveries =
         notifications::for_order(conn, order_id).context("reading the delivery log")?;
@@ -180,13 +178,9 @@ fn build(
             Some(attempt.event_id) == confirmation
                 && attempt.consumer == crate::consumers::notifications::SPEC.name
         })
-        .map(|attempt| attempt.outcome.clone());
+        .map(|attempt| attempt.outcome);
     for attempt in attempts {
-        // An outcome this version does not know is skipped rather than
-        // hiding the rest of the trace.
-        let Some(kind) = StepKind::from_outcome(&attempt.outcome) else {
-            continue;
-        };
+        let kind = StepKind::from_outcome(attempt.outcome);
         timeline.push(Step {
             consumer: Some(attempt.consumer),
             attempt: Some(attempt.attempt),
@@ -196,7 +190,7 @@ fn build(
         });
     }
     let published = events.iter().any(|event| event.published_at.is_some());
-    let state = state(published, notification.as_ref(), last_outcome.as_deref());
+    let state = state(published, notification.as_ref(), last_outcome);
     Ok(Trace {
         order: TracedOrder {
             id: OrderId(order.id),
@@ -216,19 +210,14 @@ fn build(
 fn state(
     published: bool,
     notification: Option<&Notification>,
-    last_outcome: Option<&str>,
+    last_outcome: Option<AttemptOutcome>,
 ) -> State {
-    let status = notification.map(|row| row.status.as_str());
-    if status == Some(notifications::SENT) {
-        return State::Delivered;
-    }
-    if last_outcome == Some(delivery_attempts::REPLAYED) {
-        return State::Replayed;
-    }
-    match status {
-        Some(notifications::DEAD) => State::DeadLettered,
-        Some(notifications::RETRYING) => State::Retrying,
-        Some(_) => State::Delivering,
+    match notification.map(|row| row.status) {
+        Some(DeliveryStatus::Sent) => State::Delivered,
+        _ if last_outcome == Some(AttemptOutcome::Replayed) => State::Replayed,
+        Some(DeliveryStatus::Dead) => State::DeadLettered,
+        Some(DeliveryStatus::Retrying) => State::Retrying,
+        Some(DeliveryStatus::Pending) => State::Delivering,
         // A worker may take the message before the publisher records the
         // confirm: a delivery-log row means it was published.
         None if published => State::Queued,
@@ -312,23 +301,24 @@ mod tests {
         }
     }
 
-    fn attempt(number: i32, outcome: &str, secs: i64) -> Attempt {
+    fn attempt(number: i32, outcome: AttemptOutcome, secs: i64) -> Attempt {
+        let sent = outcome == AttemptOutcome::Sent;
         Attempt {
             event_id: Uuid::nil(),
             consumer: "notifications".into(),
             attempt: number,
-            outcome: outcome.into(),
-            error: (outcome != "sent").then(|| "boom".into()),
-            smtp_reply: (outcome == "sent").then(|| "250 OK".into()),
+            outcome,
+            error: (!sent).then(|| "boom".into()),
+            smtp_reply: sent.then(|| "250 OK".into()),
             created_at: at(secs),
         }
     }
 
-    fn notification(status: &str) -> Notification {
+    fn notification(status: DeliveryStatus) -> Notification {
         Notification {
             event_id: Uuid::nil(),
-            order_id: 42,
-            status: status.into(),
+            order_id: OrderId(42),
+            status,
             attempts: 1,
             last_error: None,
             smtp_reply: None,
@@ -343,8 +333,11 @@ mod tests {
         let trace = build(
             order(),
             &[event(Some(1))],
-            vec![attempt(1, "retrying", 2), attempt(2, "sent", 4)],
-            vec![notification("sent")],
+            vec![
+                attempt(1, AttemptOutcome::Retrying, 2),
+                attempt(2, AttemptOutcome::Sent, 4),
+            ],
+            vec![notification(DeliveryStatus::Sent)],
         )
         .unwrap();
         let steps: Vec<_> = trace.timeline.iter().map(|step| step.step).collect();
@@ -368,14 +361,16 @@ mod tests {
 
     #[test]
     fn the_state_follows_the_last_thing_that_happened() {
+        use AttemptOutcome as A;
+        use DeliveryStatus as D;
         let cases = [
             (false, None, None, State::NotPublished),
             (true, None, None, State::Queued),
-            (false, Some("pending"), None, State::Delivering),
-            (true, Some("retrying"), Some("retrying"), State::Retrying),
-            (true, Some("dead"), Some("dead"), State::DeadLettered),
-            (true, Some("dead"), Some("replayed"), State::Replayed),
-            (true, Some("sent"), Some("duplicate"), State::Delivered),
+            (false, Some(D::Pending), None, State::Delivering),
+            (true, Some(D::Retrying), Some(A::Retrying), State::Retrying),
+            (true, Some(D::Dead), Some(A::Dead), State::DeadLettered),
+            (true, Some(D::Dead), Some(A::Replayed), State::Replayed),
+            (true, Some(D::Sent), Some(A::Duplicate), State::Delivered),
         ];
         for (published, status, last, expected) in cases {
             let row = status.map(notification);
