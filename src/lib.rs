@@ -19,6 +19,7 @@ pub mod feed;
 pub mod http;
 pub mod mail;
 pub mod messaging;
+pub mod orders;
 pub mod pipeline;
 pub mod reconnect;
 pub mod secrets;

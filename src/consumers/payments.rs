@@ -29,7 +29,7 @@ use crate::domain::{
 };
 use crate::messaging::consumer::HandleError;
 use crate::messaging::topology::ConsumerSpec;
-use crate::pipeline::orders as order_moves;
+use crate::orders as order_moves;
 
 pub const SPEC: ConsumerSpec = ConsumerSpec {
     name: "payments",

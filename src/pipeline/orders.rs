@@ -1,176 +1,20 @@
-//! An order's life after it was placed: its status moves (`pending` →
-//! `paid` → `shipped` → `delivered`, or `pending` → `cancelled`) and what
-//! `order show` reports. Each move locks the order row first and writes its
-//! event to the outbox in the same transaction; the transaction is the
-//! caller's (a consumer's, with its delivery-log row), nested as a
-//! savepoint, so a failed move writes nothing.
+//! An order's life after it was placed, as the commands see it: an admin's
+//! status move (the move itself is [`crate::orders`]) published right after
+//! its commit, and what `order show` reports.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::{Connection, PgConnection};
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::relay;
 use super::trace::{self, Step};
 use crate::cache::ProductCache;
-use crate::db::models::{Order, OrderItem, Payment};
-use crate::db::{order_items, orders, outbox, payments, products};
-use crate::domain::events::ItemSnapshot;
-use crate::domain::{
-    Currency, Event, Money, OrderCancelled, OrderId, OrderSnapshot, OrderStatus,
-    OrderStatusUpdated, PaymentStatus, ProductId, UserId,
-};
-use crate::error::{InvalidInput, NotFound};
+use crate::db::models::Payment;
+use crate::db::{order_items, orders, payments};
+use crate::domain::{Currency, Money, OrderId, OrderStatus, PaymentStatus, ProductId, UserId};
 use crate::messaging::publisher::Publisher;
-
-/// A move the order's current status does not allow. `set_status` turns it
-/// into [`InvalidInput`]; consumers (`mark_paid`, `cancel`) can downcast it
-/// to tell "already moved on" from a failure.
-#[derive(Debug, thiserror::Error)]
-#[error("order {order_id} is {from}: it cannot become {to}")]
-pub struct IllegalMove {
-    pub order_id: OrderId,
-    pub from: OrderStatus,
-    pub to: OrderStatus,
-}
-
-/// A cancelled order: its event and the products whose stock it released
-/// (the caller drops their entries with [`ProductCache::invalidate`] after
-/// the commit).
-#[derive(Clone, Debug)]
-pub struct Cancelled {
-    pub order: Order,
-    pub from: OrderStatus,
-    pub event: OrderCancelled,
-    /// The outbox row of `event`, to publish it right after commit.
-    pub outbox_id: i64,
-    pub released: Vec<ProductId>,
-}
-
-/// An admin's status move, as `order set-status --json` prints it.
-#[derive(Clone, Debug, Serialize)]
-pub struct StatusChanged {
-    pub order_id: OrderId,
-    pub from: OrderStatus,
-    pub to: OrderStatus,
-    /// The `order.status_updated` (or, into `cancelled`, `order.cancelled`) event.
-    pub event_id: Uuid,
-    pub routing_key: &'static str,
-    /// Whether the event was published right after commit (else the relay
-    /// publishes it).
-    pub published: bool,
-    #[serde(skip)]
-    pub outbox_id: i64,
-    /// Products whose stock a cancellation released.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub released: Vec<ProductId>,
-}
-
-/// `pending` → `paid`, for the payments consumer, which writes
-/// `payment.succeeded` itself. Returns the updated order. An order that is
-/// not pending is an [`IllegalMove`]; an unknown one is [`InvalidInput`].
-pub fn mark_paid(conn: &mut PgConnection, order_id: OrderId) -> anyhow::Result<Order> {
-    conn.transaction::<_, anyhow::Error, _>(|conn| {
-        let order = lock(conn, order_id)?;
-        check_move(&order, OrderStatus::Paid)?;
-        Ok(orders::set_status(conn, order.id, OrderStatus::Paid)?)
-    })
-    .with_context(|| format!("marking order {order_id} paid"))
-}
-
-/// `pending` → `cancelled`: releases the stock of its items (in product-id
-/// order, as orders take it, so the two never deadlock) and writes
-/// `order.cancelled` with `reason`. An order that is not pending is an
-/// [`IllegalMove`]; an unknown one is [`InvalidInput`].
-pub fn cancel(
-    conn: &mut PgConnection,
-    order_id: OrderId,
-    reason: &str,
-) -> anyhow::Result<Cancelled> {
-    conn.transaction::<_, anyhow::Error, _>(|conn| {
-        let order = lock(conn, order_id)?;
-        let from = order.status;
-        check_move(&order, OrderStatus::Cancelled)?;
-        let items = order_items::for_order(conn, order.id)?;
-        let mut released = Vec::with_capacity(items.len());
-        for item in &items {
-            products::release(conn, item.product_id, item.quantity)?;
-            released.push(ProductId(item.product_id));
-        }
-        let order = orders::set_status(conn, order.id, OrderStatus::Cancelled)?;
-        let event = OrderCancelled::new(
-            snapshot(&order, &items)?,
-            reason.to_string(),
-            order.updated_at,
-        );
-        let row = outbox::insert_event(conn, &Event::OrderCancelled(event.clone()))?;
-        Ok(Cancelled {
-            order,
-            from,
-            event,
-            outbox_id: row.id,
-            released,
-        })
-    })
-    .with_context(|| format!("cancelling order {order_id}"))
-}
-
-/// An admin's move. A legal one writes `order.status_updated`; into
-/// `cancelled` it goes through [`cancel`] and writes `order.cancelled`
-/// instead. An illegal move (from `cancelled` or `delivered`, backwards, to
-/// the same status, or to `paid`, which only the payments consumer sets) or
-/// an unknown order is [`InvalidInput`], and nothing is written.
-pub fn set_status(
-    conn: &mut PgConnection,
-    order_id: OrderId,
-    to: OrderStatus,
-) -> anyhow::Result<StatusChanged> {
-    conn.transaction::<_, anyhow::Error, _>(|conn| {
-        let order = lock(conn, order_id)?;
-        let from = order.status;
-        if to == OrderStatus::Paid {
-            return Err(InvalidInput::new(format!(
-                "order {order_id} cannot be set to paid: only a payment marks an order paid"
-            ))
-            .into());
-        }
-        if from == to {
-            return Err(InvalidInput::new(format!("order {order_id} is already {to}")).into());
-        }
-        if let Err(illegal) = check_move(&order, to) {
-            return Err(InvalidInput::new(illegal.to_string()).into());
-        }
-        if to == OrderStatus::Cancelled {
-            let cancelled = cancel(conn, order_id, "cancelled by an admin")?;
-            return Ok(StatusChanged {
-                order_id,
-                from,
-                to,
-                event_id: cancelled.event.event_id,
-                routing_key: OrderCancelled::ROUTING_KEY,
-                published: false,
-                outbox_id: cancelled.outbox_id,
-                released: cancelled.released,
-            });
-        }
-        let items = order_items::for_order(conn, order.id)?;
-        let order = orders::set_status(conn, order.id, to)?;
-        let event = OrderStatusUpdated::new(snapshot(&order, &items)?, from, to, order.updated_at);
-        let row = outbox::insert_event(conn, &Event::OrderStatusUpdated(event.clone()))?;
-        Ok(StatusChanged {
-            order_id,
-            from,
-            to,
-            event_id: event.event_id,
-            routing_key: OrderStatusUpdated::ROUTING_KEY,
-            published: false,
-            outbox_id: row.id,
-            released: Vec::new(),
-        })
-    })
-    .with_context(|| format!("setting order {order_id} to {to}"))
-}
+use crate::orders::{money, set_status, unknown, StatusChanged};
 
 /// `ordctl order set-status`: [`set_status`] in its own transaction, then
 /// the cache entries of products a cancellation released are dropped and
@@ -256,7 +100,7 @@ pub struct PaymentDetails {
 }
 
 /// The order with its items, status, payment and timeline. An unknown
-/// order is [`InvalidInput`].
+/// order is [`NotFound`](crate::error::NotFound).
 pub fn show(conn: &mut PgConnection, order_id: OrderId) -> anyhow::Result<OrderDetails> {
     let order = orders::find(conn, order_id.0)
         .with_context(|| format!("reading order {order_id}"))?
@@ -297,49 +141,4 @@ fn payment_details(payment: Payment) -> anyhow::Result<PaymentDetails> {
         reason: payment.decline_reason,
         created_at: payment.created_at,
     })
-}
-
-/// The order row, locked until the transaction ends.
-fn lock(conn: &mut PgConnection, order_id: OrderId) -> anyhow::Result<Order> {
-    orders::lock(conn, order_id.0)
-        .with_context(|| format!("locking order {order_id}"))?
-        .ok_or_else(|| unknown(order_id).into())
-}
-
-fn check_move(order: &Order, to: OrderStatus) -> Result<(), IllegalMove> {
-    if order.status.can_become(to) {
-        Ok(())
-    } else {
-        Err(IllegalMove {
-            order_id: OrderId(order.id),
-            from: order.status,
-            to,
-        })
-    }
-}
-
-fn unknown(order_id: OrderId) -> NotFound {
-    NotFound::new(format!("order {order_id} not found"))
-}
-
-/// The order as its events carry it.
-fn snapshot(order: &Order, items: &[OrderItem]) -> anyhow::Result<OrderSnapshot> {
-    Ok(OrderSnapshot {
-        id: order.id,
-        user_id: order.user_id,
-        amount: money(order.amount_minor, "order amount")?,
-        currency: order.currency.clone(),
-        items: items
-            .iter()
-            .map(|item| ItemSnapshot {
-                product_id: ProductId(item.product_id),
-                quantity: item.quantity,
-            })
-            .collect(),
-    })
-}
-
-fn money(minor: i64, what: &str) -> anyhow::Result<Money> {
-    Money::from_minor_units(minor)
-        .with_context(|| format!("invalid {what} {minor} in the database"))
 }

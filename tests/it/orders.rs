@@ -40,7 +40,7 @@ fn place(env: &TestEnv, amount: &str) -> i64 {
 
 /// What the payments consumer does on success (the status part of it).
 fn mark_paid(env: &TestEnv, order_id: i64) {
-    ordctl::pipeline::orders::mark_paid(&mut env.db(), OrderId(order_id)).expect("marking paid");
+    ordctl::orders::mark_paid(&mut env.db(), OrderId(order_id)).expect("marking paid");
 }
 
 fn set_status(env: &TestEnv, order_id: i64, status: &str) -> common::Run {

@@ -311,7 +311,7 @@ pub async fn set_status(
     let moved = state
         .blocking(move |state| {
             let mut conn = state.conn()?;
-            let mut changed = orders::set_status(&mut conn, id, to)?;
+            let mut changed = crate::orders::set_status(&mut conn, id, to)?;
             state.products.invalidate(&changed.released);
             let mut publisher = state.publishers.take();
             changed.published =
