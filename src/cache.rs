@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::db::{models::User, products, users};
-use crate::domain::{Namespace, Product, ProductId};
+use crate::domain::{Namespace, Product, ProductId, UserId};
 use crate::secrets::redact;
 
 /// How long a cached user lives.
@@ -79,12 +79,16 @@ impl UserCache {
         })
     }
 
-    pub fn key(&self, user_id: i64) -> String {
+    pub fn key(&self, user_id: UserId) -> String {
         self.redis.namespace.key(&format!("user:{user_id}"))
     }
 
     /// The user, from Redis when cached, else from PostgreSQL (then cached).
-    pub fn user(&self, conn: &mut PgConnection, user_id: i64) -> diesel::QueryResult<Option<User>> {
+    pub fn user(
+        &self,
+        conn: &mut PgConnection,
+        user_id: UserId,
+    ) -> diesel::QueryResult<Option<User>> {
         let key = self.key(user_id);
         if let Some(user) = self.redis.get::<User>(&key) {
             return Ok(Some(user));
@@ -127,7 +131,7 @@ impl ProductCache {
         if let Some(product) = self.redis.get::<Product>(&key) {
             return Ok(Some(product));
         }
-        let Some(row) = products::find(conn, id.0)? else {
+        let Some(row) = products::find(conn, id)? else {
             return Ok(None);
         };
         let product = Product::try_from(row)?;

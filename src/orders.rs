@@ -91,7 +91,7 @@ pub fn cancel(
         let mut released = Vec::with_capacity(items.len());
         for item in &items {
             products::release(conn, item.product_id, item.quantity)?;
-            released.push(ProductId(item.product_id));
+            released.push(item.product_id);
         }
         let order = orders::set_status(conn, order.id, OrderStatus::Cancelled)?;
         let event = OrderCancelled::new(
@@ -169,7 +169,7 @@ pub fn set_status(
 
 /// The order row, locked until the transaction ends.
 fn lock(conn: &mut PgConnection, order_id: OrderId) -> anyhow::Result<Order> {
-    orders::lock(conn, order_id.0)
+    orders::lock(conn, order_id)
         .with_context(|| format!("locking order {order_id}"))?
         .ok_or_else(|| unknown(order_id).into())
 }
@@ -179,7 +179,7 @@ fn check_move(order: &Order, to: OrderStatus) -> Result<(), IllegalMove> {
         Ok(())
     } else {
         Err(IllegalMove {
-            order_id: OrderId(order.id),
+            order_id: order.id,
             from: order.status,
             to,
         })
@@ -200,7 +200,7 @@ fn snapshot(order: &Order, items: &[OrderItem]) -> anyhow::Result<OrderSnapshot>
         items: items
             .iter()
             .map(|item| ItemSnapshot {
-                product_id: ProductId(item.product_id),
+                product_id: item.product_id,
                 quantity: item.quantity,
             })
             .collect(),

@@ -96,7 +96,7 @@ impl Consume for Notifier {
                 .ok_or_else(|| HandleError::Permanent(anyhow!("unknown user {}", order.user_id)))?;
             let email = self.render(event, &user).map_err(mail_error)?;
             let reply = self.mailer.send(&email).map_err(mail_error)?;
-            tracing::info!(order_id = order.id, to = %user.email, smtp_reply = %reply, "{} email sent", event.routing_key());
+            tracing::info!(order_id = order.id.0, to = %user.email, smtp_reply = %reply, "{} email sent", event.routing_key());
             Ok(reply)
         })
         .map(drop)

@@ -108,7 +108,7 @@ impl Payments {
         let order = orders::lock(conn, order_id)
             .map_err(db_error)?
             .ok_or_else(|| HandleError::Permanent(anyhow!("order {order_id} does not exist")))?;
-        if let Some(payment) = payments::for_order(conn, OrderId(order_id)).map_err(db_error)? {
+        if let Some(payment) = payments::for_order(conn, order_id).map_err(db_error)? {
             return Ok(format!(
                 "already {} ({}); nothing charged",
                 payment.status, payment.reference
@@ -132,10 +132,10 @@ impl Payments {
             Charge::Approved { reference } => {
                 payments::insert(conn, &payment(PaymentStatus::Succeeded, &reference, None))
                     .map_err(db_error)?;
-                order_moves::mark_paid(conn, OrderId(order_id)).map_err(transient)?;
+                order_moves::mark_paid(conn, order_id).map_err(transient)?;
                 let paid = PaymentSucceeded::new(
                     PaymentSnapshot {
-                        order_id: OrderId(order_id),
+                        order_id,
                         amount: order.amount,
                         currency: order.currency.clone(),
                         reference: reference.clone(),
@@ -153,7 +153,7 @@ impl Payments {
                 .map_err(db_error)?;
                 let declined = PaymentDeclined::new(
                     DeclinedPaymentSnapshot {
-                        order_id: OrderId(order_id),
+                        order_id,
                         amount: order.amount,
                         currency: order.currency.clone(),
                         reference: reference.clone(),
@@ -162,17 +162,14 @@ impl Payments {
                     now,
                 );
                 record(conn, declined.into())?;
-                let cancelled = order_moves::cancel(
-                    conn,
-                    OrderId(order_id),
-                    &format!("payment declined: {reason}"),
-                )
-                .map_err(transient)?;
+                let cancelled =
+                    order_moves::cancel(conn, order_id, &format!("payment declined: {reason}"))
+                        .map_err(transient)?;
                 released.extend(cancelled.released);
                 format!("declined ({reference}): {reason}; order cancelled")
             }
         };
-        tracing::info!(order_id, "payment: {written}");
+        tracing::info!(order_id = order_id.0, "payment: {written}");
         Ok(written)
     }
 }
@@ -189,7 +186,7 @@ impl Consume for Payments {
     }
 
     fn keys(event: &OrderCreated) -> (Uuid, OrderId) {
-        (event.event_id, OrderId(event.order.id))
+        (event.event_id, event.order.id)
     }
 
     /// Charges the order once.
@@ -219,12 +216,12 @@ fn transient(error: anyhow::Error) -> HandleError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Currency, Money, OrderSnapshot};
+    use crate::domain::{Currency, Money, OrderSnapshot, UserId};
 
     fn order_of(amount: &str) -> OrderCreated {
         let order = OrderSnapshot {
-            id: 7,
-            user_id: 3,
+            id: OrderId(7),
+            user_id: UserId(3),
             amount: Money::parse(amount).unwrap(),
             currency: Currency::default(),
             items: Vec::new(),

@@ -7,12 +7,14 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::schema::{notifications, order_items, orders, outbox, payments, products, users};
-use crate::domain::{Currency, DeliveryStatus, OrderId, OrderStatus, PaymentStatus};
+use crate::domain::{
+    Currency, DeliveryStatus, OrderId, OrderStatus, PaymentStatus, ProductId, UserId,
+};
 
 #[derive(Clone, Debug, Queryable, Selectable, Serialize, Deserialize, PartialEq, Eq)]
 #[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
 pub struct User {
-    pub id: i64,
+    pub id: UserId,
     pub name: String,
     pub email: String,
 }
@@ -27,8 +29,8 @@ pub struct NewUser<'a> {
 #[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = orders, check_for_backend(diesel::pg::Pg))]
 pub struct Order {
-    pub id: i64,
-    pub user_id: i64,
+    pub id: OrderId,
+    pub user_id: UserId,
     pub amount_minor: i64,
     pub currency: Currency,
     pub created_at: DateTime<Utc>,
@@ -39,7 +41,7 @@ pub struct Order {
 #[derive(Insertable)]
 #[diesel(table_name = orders)]
 pub struct NewOrderRow<'a> {
-    pub user_id: i64,
+    pub user_id: UserId,
     pub amount_minor: i64,
     pub currency: &'a str,
     pub idempotency_key: Option<&'a str>,
@@ -50,7 +52,7 @@ pub struct NewOrderRow<'a> {
 pub struct OutboxRow {
     pub id: i64,
     pub event_id: Uuid,
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub routing_key: String,
     pub payload: serde_json::Value,
     pub created_at: DateTime<Utc>,
@@ -61,7 +63,7 @@ pub struct OutboxRow {
 #[diesel(table_name = outbox)]
 pub struct NewOutboxRow<'a> {
     pub event_id: Uuid,
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub routing_key: &'a str,
     pub payload: &'a serde_json::Value,
 }
@@ -93,8 +95,8 @@ pub struct NewNotification<'a> {
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = order_items, check_for_backend(diesel::pg::Pg))]
 pub struct OrderItem {
-    pub order_id: i64,
-    pub product_id: i64,
+    pub order_id: OrderId,
+    pub product_id: ProductId,
     pub quantity: i32,
     pub unit_price_minor: i64,
 }
@@ -103,7 +105,7 @@ pub struct OrderItem {
 #[diesel(table_name = payments, check_for_backend(diesel::pg::Pg))]
 pub struct Payment {
     pub id: i64,
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub event_id: Uuid,
     pub status: PaymentStatus,
     pub amount_minor: i64,
@@ -116,7 +118,7 @@ pub struct Payment {
 #[derive(Insertable)]
 #[diesel(table_name = payments)]
 pub struct NewPayment<'a> {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub event_id: Uuid,
     pub status: PaymentStatus,
     pub amount_minor: i64,
@@ -128,7 +130,7 @@ pub struct NewPayment<'a> {
 #[derive(Clone, Debug, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = products, check_for_backend(diesel::pg::Pg))]
 pub struct ProductRow {
-    pub id: i64,
+    pub id: ProductId,
     pub name: String,
     pub price_minor: i64,
     pub currency: Currency,
@@ -152,7 +154,7 @@ impl TryFrom<ProductRow> for crate::domain::Product {
     type Error = anyhow::Error;
     fn try_from(row: ProductRow) -> anyhow::Result<Self> {
         Ok(Self {
-            id: crate::domain::ProductId(row.id),
+            id: row.id,
             name: row.name,
             price: crate::domain::Money::from_minor_units(row.price_minor).ok_or_else(|| {
                 anyhow::anyhow!(

@@ -5,6 +5,7 @@ use diesel::prelude::*;
 
 use super::models::OrderItem;
 use super::schema::order_items;
+use crate::domain::OrderId;
 
 pub fn insert_all(conn: &mut PgConnection, items: &[OrderItem]) -> QueryResult<usize> {
     diesel::insert_into(order_items::table)
@@ -14,7 +15,7 @@ pub fn insert_all(conn: &mut PgConnection, items: &[OrderItem]) -> QueryResult<u
 
 /// The order's items in product-id order (the order stock is taken and
 /// released in).
-pub fn for_order(conn: &mut PgConnection, order_id: i64) -> QueryResult<Vec<OrderItem>> {
+pub fn for_order(conn: &mut PgConnection, order_id: OrderId) -> QueryResult<Vec<OrderItem>> {
     order_items::table
         .filter(order_items::order_id.eq(order_id))
         .order(order_items::product_id)

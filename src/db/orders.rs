@@ -5,7 +5,7 @@ use diesel::prelude::*;
 
 use super::models::{NewOrderRow, Order};
 use super::schema::orders;
-use crate::domain::OrderStatus;
+use crate::domain::{OrderId, OrderStatus, UserId};
 
 pub fn insert(conn: &mut PgConnection, order: &NewOrderRow<'_>) -> QueryResult<Order> {
     diesel::insert_into(orders::table)
@@ -14,7 +14,7 @@ pub fn insert(conn: &mut PgConnection, order: &NewOrderRow<'_>) -> QueryResult<O
         .get_result(conn)
 }
 
-pub fn find(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>> {
+pub fn find(conn: &mut PgConnection, id: OrderId) -> QueryResult<Option<Order>> {
     orders::table
         .find(id)
         .select(Order::as_select())
@@ -36,7 +36,7 @@ pub const IDEMPOTENCY_KEY_CONSTRAINT: &str = "orders_idempotency_key_key";
 
 /// The order, locked `FOR UPDATE` until the transaction ends: status moves
 /// of one order happen one after the other.
-pub fn lock(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>> {
+pub fn lock(conn: &mut PgConnection, id: OrderId) -> QueryResult<Option<Order>> {
     orders::table
         .find(id)
         .for_update()
@@ -45,7 +45,7 @@ pub fn lock(conn: &mut PgConnection, id: i64) -> QueryResult<Option<Order>> {
         .optional()
 }
 
-pub fn set_status(conn: &mut PgConnection, id: i64, status: OrderStatus) -> QueryResult<Order> {
+pub fn set_status(conn: &mut PgConnection, id: OrderId, status: OrderStatus) -> QueryResult<Order> {
     diesel::update(orders::table.find(id))
         .set((orders::status.eq(status), orders::updated_at.eq(now)))
         .returning(Order::as_returning())
@@ -55,10 +55,10 @@ pub fn set_status(conn: &mut PgConnection, id: i64, status: OrderStatus) -> Quer
 /// Which orders [`list`] returns: all filters optional, newest first.
 #[derive(Clone, Debug, Default)]
 pub struct OrderFilter {
-    pub user_id: Option<i64>,
+    pub user_id: Option<UserId>,
     pub status: Option<OrderStatus>,
     /// Only orders with a smaller id: the next page after the last one seen.
-    pub before_id: Option<i64>,
+    pub before_id: Option<OrderId>,
     pub limit: i64,
 }
 

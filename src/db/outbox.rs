@@ -7,7 +7,7 @@ use diesel::prelude::*;
 
 use super::models::{NewOutboxRow, OutboxRow};
 use super::schema::outbox;
-use crate::domain::Event;
+use crate::domain::{Event, OrderId};
 
 /// The Postgres channel the insert trigger notifies (see the migration).
 pub const CHANNEL: &str = "outbox_inserted";
@@ -27,7 +27,7 @@ pub fn insert_event(conn: &mut PgConnection, event: &Event) -> QueryResult<Outbo
         conn,
         &NewOutboxRow {
             event_id: event.event_id(),
-            order_id: event.order_id().0,
+            order_id: event.order_id(),
             routing_key: event.routing_key(),
             payload: &payload,
         },
@@ -101,7 +101,7 @@ pub fn pending(conn: &mut PgConnection) -> QueryResult<(i64, Option<DateTime<Utc
 }
 
 /// The events of one order (normally one), oldest first.
-pub fn for_order(conn: &mut PgConnection, order_id: i64) -> QueryResult<Vec<OutboxRow>> {
+pub fn for_order(conn: &mut PgConnection, order_id: OrderId) -> QueryResult<Vec<OutboxRow>> {
     outbox::table
         .filter(outbox::order_id.eq(order_id))
         .order(outbox::id)

@@ -8,6 +8,7 @@ use diesel::sql_types::{BigInt, Integer};
 
 use super::models::{NewProductRow, ProductRow};
 use super::schema::products;
+use crate::domain::ProductId;
 
 pub fn insert(conn: &mut PgConnection, product: &NewProductRow<'_>) -> QueryResult<ProductRow> {
     diesel::insert_into(products::table)
@@ -16,7 +17,7 @@ pub fn insert(conn: &mut PgConnection, product: &NewProductRow<'_>) -> QueryResu
         .get_result(conn)
 }
 
-pub fn find(conn: &mut PgConnection, id: i64) -> QueryResult<Option<ProductRow>> {
+pub fn find(conn: &mut PgConnection, id: ProductId) -> QueryResult<Option<ProductRow>> {
     products::table
         .find(id)
         .select(ProductRow::as_select())
@@ -25,7 +26,7 @@ pub fn find(conn: &mut PgConnection, id: i64) -> QueryResult<Option<ProductRow>>
 }
 
 /// The products among `ids` that exist, in id order.
-pub fn find_many(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<ProductRow>> {
+pub fn find_many(conn: &mut PgConnection, ids: &[ProductId]) -> QueryResult<Vec<ProductRow>> {
     products::table
         .filter(products::id.eq_any(ids))
         .order(products::id)
@@ -54,7 +55,11 @@ pub fn low_stock(conn: &mut PgConnection) -> QueryResult<Vec<ProductRow>> {
 /// conditional UPDATE (the row lock makes concurrent takers wait, then
 /// re-check). Returns the product after the take, or `None` if the stock
 /// was short (or the product does not exist).
-pub fn take(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<Option<ProductRow>> {
+pub fn take(
+    conn: &mut PgConnection,
+    id: ProductId,
+    quantity: i32,
+) -> QueryResult<Option<ProductRow>> {
     diesel::update(
         products::table
             .find(id)
@@ -71,7 +76,7 @@ pub fn take(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<Opti
 
 /// Gives `quantity` back to the product's stock (a cancelled order's
 /// items). The threshold stays: only an add or a restock moves it.
-pub fn release(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<ProductRow> {
+pub fn release(conn: &mut PgConnection, id: ProductId, quantity: i32) -> QueryResult<ProductRow> {
     diesel::update(products::table.find(id))
         .set((
             products::stock.eq(products::stock + quantity),
@@ -84,7 +89,11 @@ pub fn release(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<P
 /// Adds `quantity` to the stock and, unless the threshold was set
 /// explicitly, moves the threshold to half the new stock. `None` if the
 /// product does not exist.
-pub fn restock(conn: &mut PgConnection, id: i64, quantity: i32) -> QueryResult<Option<ProductRow>> {
+pub fn restock(
+    conn: &mut PgConnection,
+    id: ProductId,
+    quantity: i32,
+) -> QueryResult<Option<ProductRow>> {
     diesel::sql_query(
         "UPDATE products SET stock = stock + $2, \
              low_stock_threshold = CASE WHEN threshold_fixed THEN low_stock_threshold \

@@ -4,8 +4,9 @@ use diesel::prelude::*;
 
 use super::models::{NewUser, User};
 use super::schema::users;
+use crate::domain::UserId;
 
-pub fn find(conn: &mut PgConnection, id: i64) -> QueryResult<Option<User>> {
+pub fn find(conn: &mut PgConnection, id: UserId) -> QueryResult<Option<User>> {
     users::table
         .find(id)
         .select(User::as_select())
@@ -29,6 +30,6 @@ pub fn ensure(conn: &mut PgConnection, new_users: &[NewUser<'_>]) -> QueryResult
         .load(conn)
 }
 
-pub fn all_ids(conn: &mut PgConnection) -> QueryResult<Vec<i64>> {
+pub fn all_ids(conn: &mut PgConnection) -> QueryResult<Vec<UserId>> {
     users::table.order(users::id).select(users::id).load(conn)
 }

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Currency, Money, OrderId, OrderStatus, ProductId};
+use super::{Currency, Money, OrderId, OrderStatus, ProductId, UserId};
 
 /// The routing key of [`OrderCreated`].
 pub const ORDER_CREATED: &str = "order.created";
@@ -36,8 +36,8 @@ pub const ROUTING_KEYS: [&str; 6] = [
 /// The order as carried inside an event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderSnapshot {
-    pub id: i64,
-    pub user_id: i64,
+    pub id: OrderId,
+    pub user_id: UserId,
     pub amount: Money,
     pub currency: Currency,
     /// The products ordered; absent for an order placed by amount alone.
@@ -232,9 +232,9 @@ impl Event {
     /// crossed the threshold).
     pub fn order_id(&self) -> OrderId {
         match self {
-            Self::OrderCreated(event) => OrderId(event.order.id),
-            Self::OrderCancelled(event) => OrderId(event.order.id),
-            Self::OrderStatusUpdated(event) => OrderId(event.order.id),
+            Self::OrderCreated(event) => event.order.id,
+            Self::OrderCancelled(event) => event.order.id,
+            Self::OrderStatusUpdated(event) => event.order.id,
             Self::StockLow(event) => event.order_id,
             Self::PaymentSucceeded(event) => event.payment.order_id,
             Self::PaymentDeclined(event) => event.payment.order_id,
@@ -284,8 +284,8 @@ mod tests {
 
     fn order() -> OrderSnapshot {
         OrderSnapshot {
-            id: 42,
-            user_id: 3,
+            id: OrderId(42),
+            user_id: UserId(3),
             amount: Money::parse("42").unwrap(),
             currency: Currency::default(),
             items: Vec::new(),

@@ -163,14 +163,14 @@ fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Currency, Money, OrderSnapshot};
+    use crate::domain::{Currency, Money, OrderId, OrderSnapshot, UserId};
     use lettre::transport::stub::StubTransport;
     use lettre::Transport;
 
     fn event() -> OrderCreated {
         let order = OrderSnapshot {
-            id: 42,
-            user_id: 3,
+            id: OrderId(42),
+            user_id: UserId(3),
             amount: Money::parse("42").unwrap(),
             currency: Currency::default(),
             items: Vec::new(),
@@ -180,7 +180,7 @@ mod tests {
 
     fn user(email: &str) -> User {
         User {
-            id: 3,
+            id: UserId(3),
             name: "Demo User 3".into(),
             email: email.into(),
         }

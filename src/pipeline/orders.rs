@@ -102,16 +102,15 @@ pub struct PaymentDetails {
 /// The order with its items, status, payment and timeline. An unknown
 /// order is [`NotFound`](crate::error::NotFound).
 pub fn show(conn: &mut PgConnection, order_id: OrderId) -> anyhow::Result<OrderDetails> {
-    let order = orders::find(conn, order_id.0)
+    let order = orders::find(conn, order_id)
         .with_context(|| format!("reading order {order_id}"))?
         .ok_or_else(|| unknown(order_id))?;
     let items = order_items::for_order(conn, order.id).context("reading the order's items")?;
-    let payment =
-        payments::for_order(conn, OrderId(order.id)).context("reading the order's payment")?;
-    let trace = trace::trace(conn, OrderId(order.id))?;
+    let payment = payments::for_order(conn, order.id).context("reading the order's payment")?;
+    let trace = trace::trace(conn, order.id)?;
     Ok(OrderDetails {
         id: order_id,
-        user_id: UserId(order.user_id),
+        user_id: order.user_id,
         amount: money(order.amount_minor, "order amount")?,
         currency: order.currency,
         status: order.status,
@@ -121,7 +120,7 @@ pub fn show(conn: &mut PgConnection, order_id: OrderId) -> anyhow::Result<OrderD
             .iter()
             .map(|item| {
                 Ok(ItemDetails {
-                    product_id: ProductId(item.product_id),
+                    product_id: item.product_id,
                     quantity: item.quantity,
                     unit_price: money(item.unit_price_minor, "unit price")?,
                 })

@@ -30,8 +30,8 @@ use crate::messaging::publisher::Publisher;
 /// A committed order, as `place-order --json` prints it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Placed {
-    pub order_id: i64,
-    pub user_id: i64,
+    pub order_id: OrderId,
+    pub user_id: UserId,
     pub amount: Money,
     pub currency: Currency,
     pub event_id: Uuid,
@@ -83,7 +83,7 @@ fn insert(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, 
         OrderContents::Items(items) => {
             // Checked first so an unknown user is invalid input even when
             // the stock is short.
-            if users::find(conn, order.user_id.0)?.is_none() {
+            if users::find(conn, order.user_id)?.is_none() {
                 return Err(unknown_user(order.user_id));
             }
             let (taken, currency) = products::take_stock(conn, items)?;
@@ -91,7 +91,7 @@ fn insert(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, 
         }
     };
     let new_order = NewOrderRow {
-        user_id: order.user_id.0,
+        user_id: order.user_id,
         amount_minor: amount.minor_units(),
         currency: currency.as_str(),
         idempotency_key: order.idempotency_key.as_ref().map(IdempotencyKey::as_str),
@@ -118,7 +118,7 @@ fn insert(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, 
     let items: Vec<ItemSnapshot> = lines
         .iter()
         .map(|line| ItemSnapshot {
-            product_id: ProductId(line.product_id),
+            product_id: line.product_id,
             quantity: line.quantity,
         })
         .collect();
@@ -133,12 +133,12 @@ fn insert(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, 
     let mut outbox_ids = vec![outbox::insert_event(conn, &Event::OrderCreated(event.clone()))?.id];
     for take in taken.iter().filter(|take| take.crossed_threshold()) {
         let product = ProductSnapshot {
-            id: ProductId(take.product.id),
+            id: take.product.id,
             name: take.product.name.clone(),
             stock: take.product.stock,
             low_stock_threshold: take.product.low_stock_threshold,
         };
-        let low = StockLow::new(product, OrderId(row.id), row.created_at);
+        let low = StockLow::new(product, row.id, row.created_at);
         outbox_ids.push(outbox::insert_event(conn, &Event::StockLow(low))?.id);
     }
     let placed = Placed {
@@ -150,10 +150,7 @@ fn insert(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, 
         published: false,
         items,
         replayed: false,
-        stock_changed: taken
-            .iter()
-            .map(|take| ProductId(take.product.id))
-            .collect(),
+        stock_changed: taken.iter().map(|take| take.product.id).collect(),
     };
     Ok((placed, outbox_ids))
 }
@@ -181,7 +178,7 @@ fn replay(
 }
 
 fn is_same_request(order: &NewOrder, first: &Placed) -> bool {
-    order.user_id.0 == first.user_id
+    order.user_id == first.user_id
         && match &order.contents {
             OrderContents::Amount { amount, currency } => {
                 first.items.is_empty() && *amount == first.amount && *currency == first.currency
@@ -204,7 +201,7 @@ fn first_placed(conn: &mut PgConnection, key: &IdempotencyKey) -> anyhow::Result
     let items = order_items::for_order(conn, order.id)?
         .into_iter()
         .map(|item| ItemSnapshot {
-            product_id: ProductId(item.product_id),
+            product_id: item.product_id,
             quantity: item.quantity,
         })
         .collect();
@@ -292,7 +289,7 @@ fn publish(
         Err(error) => {
             for (placed, _) in committed.iter().filter(|(placed, _)| !placed.replayed) {
                 tracing::warn!(
-                    order_id = placed.order_id,
+                    order_id = placed.order_id.0,
                     event_id = %placed.event_id,
                     "order committed but not published ({error:#}); the relay will publish it"
                 );
@@ -433,7 +430,7 @@ pub fn place_many(
             // ones, and the next order takes another.
             let mut conn: Option<PooledConnection<_>> = None;
             while let Some(n) = items.take() {
-                let user_id = UserId(user_ids[(n % user_ids.len() as u64) as usize]);
+                let user_id = user_ids[(n % user_ids.len() as u64) as usize];
                 let order = match &bulk.contents {
                     BulkContents::Amounts { amount, currency } => NewOrder::for_amount(
                         user_id,
@@ -520,14 +517,14 @@ pub fn place_many(
 }
 
 /// The ids bulk orders go to: the one user (which must exist), or all.
-fn bulk_users(pool: &PgPool, which: &Users) -> anyhow::Result<Vec<i64>> {
+fn bulk_users(pool: &PgPool, which: &Users) -> anyhow::Result<Vec<UserId>> {
     let mut conn = pool.get().context("getting a database connection")?;
-    let user_ids: Vec<i64> = match which {
+    let user_ids: Vec<UserId> = match which {
         Users::One(id) => {
-            if users::find(&mut conn, id.0)?.is_none() {
+            if users::find(&mut conn, *id)?.is_none() {
                 return Err(NotFound::new(format!("unknown user {id}")).into());
             }
-            vec![id.0]
+            vec![*id]
         }
         Users::All => users::all_ids(&mut conn)?,
     };

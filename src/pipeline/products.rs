@@ -63,7 +63,7 @@ pub fn restock(
     id: ProductId,
     quantity: Quantity,
 ) -> anyhow::Result<Product> {
-    let row = match products::restock(conn, id.0, quantity.get()) {
+    let row = match products::restock(conn, id, quantity.get()) {
         Ok(Some(row)) => row,
         Ok(None) => return Err(unknown(id).into()),
         Err(error) if out_of_range(&error) => {
@@ -113,12 +113,12 @@ pub fn take_stock(
     conn: &mut PgConnection,
     items: &OrderItems,
 ) -> anyhow::Result<(Vec<Taken>, Currency)> {
-    let ids: Vec<i64> = items.lines().iter().map(|line| line.product_id.0).collect();
+    let ids: Vec<ProductId> = items.lines().iter().map(|line| line.product_id).collect();
     // A read to check the input only: the stock is decided by the
     // conditional updates below, never by what this read saw.
     let found = products::find_many(conn, &ids).context("reading the products")?;
     if let Some(missing) = ids.iter().find(|id| !found.iter().any(|p| p.id == **id)) {
-        return Err(unknown(ProductId(*missing)).into());
+        return Err(unknown(*missing).into());
     }
     let mut currencies: Vec<&str> = found.iter().map(|p| p.currency.as_str()).collect();
     currencies.sort_unstable();
@@ -135,15 +135,15 @@ pub fn take_stock(
     let mut taken = Vec::with_capacity(ids.len());
     for line in items.lines() {
         let (id, quantity) = (line.product_id, line.quantity.get());
-        match products::take(conn, id.0, quantity)
+        match products::take(conn, id, quantity)
             .with_context(|| format!("taking product {id} from stock"))?
         {
             Some(product) => taken.push(Taken { product, quantity }),
             None => {
-                let left = products::find(conn, id.0)?.map_or(0, |p| p.stock);
+                let left = products::find(conn, id)?.map_or(0, |p| p.stock);
                 let name = found
                     .iter()
-                    .find(|p| p.id == id.0)
+                    .find(|p| p.id == id)
                     .map_or("", |p| p.name.as_str());
                 return Err(Refused::new(format!(
                     "not enough stock of product {id} ({name}): {quantity} ordered, {left} left"

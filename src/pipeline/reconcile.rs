@@ -13,6 +13,7 @@ use url::Url;
 use uuid::Uuid;
 
 use super::prune::expected_deliveries;
+use crate::domain::OrderId;
 use crate::messaging::publisher::Publisher;
 use crate::messaging::topology::Topology;
 use crate::messaging::{self, Outgoing};
@@ -24,7 +25,7 @@ const WINDOW: usize = 100;
 #[derive(Clone, Debug, Serialize, QueryableByName)]
 pub struct Undelivered {
     #[diesel(sql_type = Int8)]
-    pub order_id: i64,
+    pub order_id: OrderId,
     #[diesel(sql_type = SqlUuid)]
     pub event_id: Uuid,
     #[diesel(sql_type = Text)]

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::db::delivery_attempts::{self, NewAttempt};
 use crate::db::orders;
 use crate::domain::events::Event;
-use crate::domain::AttemptOutcome;
+use crate::domain::{AttemptOutcome, OrderId};
 use crate::error::InvalidInput;
 use crate::messaging::consumer::headers;
 use crate::messaging::table::{header_int, header_str};
@@ -35,7 +35,7 @@ pub struct ReplayOptions {
     /// Move at most this many.
     pub limit: Option<u64>,
     /// Only this order's dead letters.
-    pub order_id: Option<i64>,
+    pub order_id: Option<OrderId>,
     /// Only this consumer's dead-letter queue; `None`: every consumer's.
     pub consumer: Option<String>,
     /// List what would move; move nothing.
@@ -48,7 +48,7 @@ pub struct DeadLetter {
     pub consumer: String,
     pub queue: String,
     pub message_id: Option<String>,
-    pub order_id: Option<i64>,
+    pub order_id: Option<OrderId>,
     pub reason: Option<String>,
     pub failure: Option<String>,
     pub attempts: i64,
@@ -333,7 +333,7 @@ fn describe(get: &Delivery, consumer: &str, queue: &str) -> DeadLetter {
         message_id: properties.message_id().clone(),
         order_id: Event::from_json(&get.body)
             .ok()
-            .map(|event| event.order_id().0),
+            .map(|event| event.order_id()),
         reason: header_str(found, headers::LAST_ERROR).map(str::to_string),
         failure: header_str(found, headers::FAILURE).map(str::to_string),
         attempts: header_int(found, headers::ATTEMPTS).unwrap_or(0),

@@ -133,10 +133,10 @@ impl State {
 
 /// Reads the order's trace. An unknown order is [`NotFound`].
 pub fn trace(conn: &mut PgConnection, order_id: OrderId) -> anyhow::Result<Trace> {
-    let order = orders::find(conn, order_id.0)
+    let order = orders::find(conn, order_id)
         .with_context(|| format!("reading order {order_id}"))?
         .ok_or_else(|| NotFound::new(format!("order {order_id} not found")))?;
-    let events = outbox::for_order(conn, order_id.0).context("reading the outbox")?;
+    let events = outbox::for_order(conn, order_id).context("reading the outbox")?;
     let attempts = delivery_attempts::for_order(conn, order_id).context("reading attempts")?;
     let deliveries =
         notifications::for_order(conn, order_id).context("reading the delivery log")?;
@@ -193,8 +193,8 @@ fn build(
     let state = state(published, notification.as_ref(), last_outcome);
     Ok(Trace {
         order: TracedOrder {
-            id: OrderId(order.id),
-            user_id: UserId(order.user_id),
+            id: order.id,
+            user_id: order.user_id,
             amount,
             currency: order.currency,
             created_at: order.created_at,
@@ -279,8 +279,8 @@ mod tests {
 
     fn order() -> Order {
         Order {
-            id: 42,
-            user_id: 3,
+            id: OrderId(42),
+            user_id: UserId(3),
             amount_minor: 4200,
             currency: Currency::default(),
             created_at: at(0),
@@ -293,7 +293,7 @@ mod tests {
         OutboxRow {
             id: 1,
             event_id: Uuid::nil(),
-            order_id: 42,
+            order_id: OrderId(42),
             routing_key: "order.created".into(),
             payload: serde_json::json!({}),
             created_at: at(0),

@@ -179,8 +179,8 @@ pub async fn create(
 /// An order as lists show it.
 #[derive(Serialize)]
 pub struct OrderView {
-    pub id: i64,
-    pub user_id: i64,
+    pub id: OrderId,
+    pub user_id: UserId,
     pub amount: Money,
     pub currency: Currency,
     pub status: OrderStatus,
@@ -247,8 +247,8 @@ fn parse_filter(query: &HashMap<String, String>) -> Result<OrderFilter, ApiError
     };
     for (key, value) in query {
         match key.as_str() {
-            "user_id" => filter.user_id = Some(parse_id("user_id", value)?),
-            "before_id" => filter.before_id = Some(parse_id("before_id", value)?),
+            "user_id" => filter.user_id = Some(UserId(parse_id("user_id", value)?)),
+            "before_id" => filter.before_id = Some(OrderId(parse_id("before_id", value)?)),
             "status" => {
                 filter.status = Some(
                     value
@@ -319,7 +319,7 @@ pub async fn set_status(
             if let Some(publisher) = publisher {
                 state.publishers.give_back(publisher);
             }
-            let order = order_rows::find(&mut conn, id.0)?
+            let order = order_rows::find(&mut conn, id)?
                 .ok_or_else(|| anyhow::anyhow!("order {id} vanished"))?;
             anyhow::Ok(Moved {
                 order: OrderView::try_from(order)?,

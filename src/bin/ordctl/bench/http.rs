@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ordctl::config::Settings;
+use ordctl::domain::UserId;
 use serde::{Deserialize, Serialize};
 
 use super::measure::Rate;
@@ -100,7 +101,7 @@ struct WrkLine {
 pub struct HttpLoad<'a> {
     pub settings: &'a Settings,
     pub exe: &'a Path,
-    pub user_ids: &'a [i64],
+    pub user_ids: &'a [UserId],
     pub rate: f64,
     pub secs: f64,
     /// Connections of the constant-rate run.
@@ -178,7 +179,7 @@ impl HttpLoad<'_> {
         secs: f64,
         pause_ms: u64,
     ) -> anyhow::Result<LoadRun> {
-        let first = self.user_ids.iter().copied().min().unwrap_or(1);
+        let first = self.user_ids.iter().map(|id| id.0).min().unwrap_or(1);
         let output = Command::new(WRK)
             .args(["-t", "2", "-c", &connections.to_string()])
             .args(["-d", &format!("{}s", secs.ceil() as u64)])

@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use diesel::RunQueryDsl;
 use ordctl::config::{Settings, SmtpSettings};
 use ordctl::db::{self, PgPool};
-use ordctl::domain::Namespace;
+use ordctl::domain::{Namespace, UserId};
 use ordctl::error::InvalidInput;
 use ordctl::messaging::{self, topology::Topology};
 use ordctl::shutdown::Shutdown;
@@ -222,7 +222,7 @@ struct Bench<'a> {
     pool: &'a PgPool,
     options: &'a Options,
     shutdown: &'a Shutdown,
-    user_ids: Vec<i64>,
+    user_ids: Vec<UserId>,
 }
 
 impl Bench<'_> {

@@ -116,7 +116,7 @@ impl Pipeline<'_> {
     /// running, then reads each order's latencies from the database.
     pub fn latency(
         &self,
-        user_ids: &[i64],
+        user_ids: &[UserId],
         per_sec: f64,
         secs: f64,
     ) -> anyhow::Result<(Latency, WorkerRun)> {
@@ -185,7 +185,7 @@ impl Pipeline<'_> {
     /// not delay the next one's start unless every thread is busy).
     fn place_paced(
         &self,
-        user_ids: &[i64],
+        user_ids: &[UserId],
         count: u64,
         per_sec: f64,
         concurrency: u16,
@@ -205,7 +205,7 @@ impl Pipeline<'_> {
                 let due = started + Duration::from_secs_f64(n as f64 / per_sec);
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
                 let order = NewOrder::for_amount(
-                    UserId(user_ids[n as usize % user_ids.len()]),
+                    user_ids[n as usize % user_ids.len()],
                     amount(),
                     Currency::default(),
                 );

@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use crossbeam_channel::RecvTimeoutError;
 use ordctl::config::{Settings, SmtpSettings, SmtpTls};
 use ordctl::db::models::User;
-use ordctl::domain::{Currency, Money, OrderCreated, OrderSnapshot};
+use ordctl::domain::{Currency, Money, OrderCreated, OrderId, OrderSnapshot, UserId};
 use ordctl::fanout::{fan_out, Timing};
 use ordctl::messaging;
 use url::Url;
@@ -35,7 +35,7 @@ fn rate(count: u64, timing: Timing, cpu: &CpuSample) -> Rate {
 }
 
 /// A JSON payload of the same shape and size as a real `order.created`.
-pub fn sample_event(order_id: i64, user_id: i64) -> OrderCreated {
+pub fn sample_event(order_id: OrderId, user_id: UserId) -> OrderCreated {
     OrderCreated::new(
         OrderSnapshot {
             id: order_id,
@@ -50,7 +50,7 @@ pub fn sample_event(order_id: i64, user_id: i64) -> OrderCreated {
 
 /// The confirmation email the pipeline would send, for the raw SMTP phase.
 pub fn sample_email(settings: &Settings, user: &User) -> anyhow::Result<lettre::Message> {
-    let event = sample_event(1, user.id);
+    let event = sample_event(OrderId(1), user.id);
     ordctl::mail::confirmation(&event, user, &settings.mail_from)
         .map_err(|error| anyhow::anyhow!("building the sample email: {error}"))
 }
@@ -60,15 +60,17 @@ pub fn sample_email(settings: &Settings, user: &User) -> anyhow::Result<lettre::
 /// prepared statements, over the users `user_ids` (which must be one
 /// contiguous range, as `seed` makes them). pgbench's own clock, without
 /// connection set-up.
-pub fn pgbench(url: &Url, user_ids: &[i64], count: u64, clients: u16) -> anyhow::Result<Rate> {
-    let (Some(min), Some(max)) = (user_ids.iter().min(), user_ids.iter().max()) else {
+pub fn pgbench(url: &Url, user_ids: &[UserId], count: u64, clients: u16) -> anyhow::Result<Rate> {
+    let (Some(&UserId(min)), Some(&UserId(max))) = (user_ids.iter().min(), user_ids.iter().max())
+    else {
         bail!("the benchmark database has no users");
     };
     anyhow::ensure!(
         (max - min + 1) as usize == user_ids.len(),
         "pgbench needs the users' ids to be one contiguous range"
     );
-    let payload = serde_json::to_string(&sample_event(1, *min))?.replace('\'', "''");
+    let payload =
+        serde_json::to_string(&sample_event(OrderId(1), UserId(min)))?.replace('\'', "''");
     let script = format!(
         "\\set uid random({min}, {max})\n\
          BEGIN;\n\
@@ -192,7 +194,8 @@ pub fn amqp_publish(
     concurrency: u16,
     window: u64,
 ) -> anyhow::Result<Rate> {
-    let body = serde_json::to_vec(&sample_event(1, 1)).expect("an event serializes");
+    let body =
+        serde_json::to_vec(&sample_event(OrderId(1), UserId(1))).expect("an event serializes");
     let properties = AmqpProperties::default()
         .with_content_type("application/json".to_string())
         .with_delivery_mode(2);

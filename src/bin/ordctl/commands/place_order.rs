@@ -104,7 +104,7 @@ impl Args {
         product_cache?.invalidate(&placed.stock_changed);
         if !placed.published {
             tracing::warn!(
-                order_id = placed.order_id,
+                order_id = placed.order_id.0,
                 event_id = %placed.event_id,
                 "order committed but not published yet; the relay will publish it"
             );

@@ -1,6 +1,7 @@
 //! `ordctl replay-dlq`
 
 use indicatif::{ProgressBar, ProgressStyle};
+use ordctl::domain::OrderId;
 use ordctl::pipeline::replay::{self, ReplayOptions};
 use ordctl::{consumers, db};
 
@@ -19,8 +20,8 @@ pub struct Args {
     limit: Option<u64>,
 
     /// Only the dead letters of this order.
-    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
-    order: Option<i64>,
+    #[arg(long, value_name = "ID")]
+    order: Option<OrderId>,
 
     /// Only this consumer's dead letters (default: every consumer's).
     #[arg(long, value_name = "NAME")]

@@ -15,14 +15,14 @@ use crate::output;
 #[derive(clap::Args)]
 pub struct Args {
     /// The order id.
-    #[arg(value_name = "ORDER_ID", value_parser = clap::value_parser!(i64).range(1..))]
-    order_id: i64,
+    #[arg(value_name = "ORDER_ID")]
+    order_id: OrderId,
 }
 
 impl Args {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<()> {
         let mut conn = db::connect(&ctx.settings.database_url)?;
-        let trace = trace::trace(&mut conn, OrderId(self.order_id))?;
+        let trace = trace::trace(&mut conn, self.order_id)?;
         if ctx.json {
             return output::json(&trace);
         }
