@@ -56,6 +56,8 @@ fn bench_with_a_tiny_load_reports_every_figure_and_cleans_up() {
         "/http/constant/per_sec",
         "/http/max/per_sec",
         "/http/raw_postgres/per_sec",
+        "/replay/raw_publish_confirm_per_100/per_sec",
+        "/replay/dead_letters/per_sec",
     ]
     .map(String::from)
     .to_vec();
@@ -77,6 +79,7 @@ fn bench_with_a_tiny_load_reports_every_figure_and_cleans_up() {
     assert_eq!(report["curve"][0]["place"]["count"], 20);
     assert_eq!(report["curve"][0]["drain"]["rate"]["count"], 20);
     assert_eq!(report["latency"]["commit_to_smtp_250_ms"]["samples"], 20);
+    assert_eq!(report["replay"]["dead_letters"]["count"], 20);
     let figures = report["figures"].as_array().expect("a figures array");
     let ratios: Vec<&str> = figures
         .iter()
@@ -88,6 +91,7 @@ fn bench_with_a_tiny_load_reports_every_figure_and_cleans_up() {
         "drain at 1",
         "place rate at 2",
         "drain at 2",
+        "replay-dlq, dead letters moved",
     ] {
         assert!(ratios.contains(&name), "{name} has no ratio: {ratios:?}");
     }

@@ -9,13 +9,15 @@
 //! measure the disk, not the pipeline.
 //!
 //! Each section (raw RabbitMQ, the concurrency curve, the default worker,
-//! latency, the HTTP API under load) is one function that adds its part of the [`Report`] and its
-//! rows of the table; a new section is one more such function in [`run`].
+//! latency, the HTTP API under load, replay-dlq) is one function that adds
+//! its part of the [`Report`] and its rows of the table; a new section is
+//! one more such function in [`run`].
 
 pub mod http;
 pub mod measure;
 pub mod pipeline;
 pub mod raw;
+pub mod replay;
 
 use std::path::PathBuf;
 
@@ -51,6 +53,9 @@ pub const RSS_TARGET_MIB: f64 = 64.0;
 pub const HTTP_HELD_TARGET: f64 = 0.98;
 pub const HTTP_P99_TARGET_MS: f64 = 50.0;
 pub const HTTP_MAX_TARGET: f64 = 0.7;
+/// replay-dlq moving a backlog: at least half raw RabbitMQ's publish rate
+/// with a confirm per 100, on one channel as the replay publishes.
+pub const REPLAY_TARGET: f64 = 0.5;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -92,6 +97,8 @@ pub struct Report {
     pub latency: Option<Latency>,
     /// `ordctl serve` under `wrk`.
     pub http: Option<http::HttpFigures>,
+    /// `replay-dlq` moving a backlog of dead letters.
+    pub replay: Option<ReplayFigures>,
     pub worker: WorkerFigures,
     /// Every figure with its ratio to the raw limit and target: what the
     /// table shows.
@@ -119,6 +126,15 @@ pub struct AmqpLimits {
     pub consume_prefetch_1: Rate,
     pub publish_confirm_per_100: Rate,
     pub consume_prefetch_100: Rate,
+}
+
+/// `replay-dlq` moving `orders` dead letters back to their work queue, and
+/// the raw limit it is held to: persistent publishes on one channel (the
+/// replay's concurrency) with a confirm per 100 (its window).
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplayFigures {
+    pub raw_publish_confirm_per_100: Rate,
+    pub dead_letters: Rate,
 }
 
 /// One concurrency of the curve.
@@ -330,6 +346,7 @@ fn measure_all(
         default_worker: None,
         latency: None,
         http: None,
+        replay: None,
         worker: WorkerFigures::default(),
         figures: Vec::new(),
     };
@@ -343,6 +360,9 @@ fn measure_all(
     default_worker_section(&bench, &mut report)?;
     latency_section(&bench, &mut report)?;
     http_section(&bench, &mut report)?;
+    // Last: the replayed messages wait in the work queue with no worker
+    // to take them, until the scratch queues are removed.
+    replay_section(&bench, &scratch.raw_queue, &mut report)?;
     report.figures.push(
         Figure::plain(
             "worker peak RSS (VmHWM, every run)",
@@ -608,6 +628,40 @@ fn http_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()> {
         "ms",
     ));
     report.http = Some(figures);
+    Ok(())
+}
+
+/// A backlog of N dead letters moved back by `replay-dlq`, next to raw
+/// RabbitMQ publishing as it does: one channel, a confirm per 100.
+fn replay_section(bench: &Bench<'_>, queue: &str, report: &mut Report) -> anyhow::Result<()> {
+    let n = bench.options.orders;
+    let amqp = &bench.settings.amqp_url;
+    tracing::info!("raw RabbitMQ: {n} persistent publishes, 1 channel, a confirm per {BATCH}");
+    let raw = raw::amqp_publish(amqp, queue, n, 1, u64::from(BATCH))
+        .context("raw batched publish on one channel")?;
+    bench.interrupted()?;
+    let mut conn = db::connect(&bench.settings.database_url)?;
+    replay::dead_letter(&mut conn, amqp, bench.topology, n)?;
+    tracing::info!("pipeline: replay-dlq moving {n} dead letters");
+    let moved = replay::measure(&mut conn, amqp, bench.topology, n)?;
+    bench.interrupted()?;
+    let base = "persistent publish, confirm per 100";
+    report.figures.push(Figure::plain(
+        format!("raw RabbitMQ at 1: {base}"),
+        raw.per_sec,
+        "msg/s",
+    ));
+    report.figures.push(
+        Figure::plain("replay-dlq, dead letters moved", moved.per_sec, "msg/s").versus(
+            &format!("{base} at 1"),
+            raw.per_sec,
+            Some(REPLAY_TARGET),
+        ),
+    );
+    report.replay = Some(ReplayFigures {
+        raw_publish_confirm_per_100: raw,
+        dead_letters: moved,
+    });
     Ok(())
 }
 

@@ -13,8 +13,8 @@ use crate::output;
 
 /// Measure this machine's raw limits (pgbench, Postfix's smtp-source,
 /// RabbitMQ through amiquip) and the pipeline's place rate, drain rate,
-/// latency and worker memory, each next to the raw limit at the same
-/// concurrency.
+/// latency, worker memory and replay-dlq rate, each next to the raw limit
+/// at the same concurrency.
 ///
 /// Needs a real SMTP server (--smtp-url / SMTP_URL), pgbench and
 /// smtp-source. Works in its own throw-away database and namespace, removed
