@@ -8,7 +8,7 @@ use super::MailError;
 use crate::db::models::User;
 use uuid::Uuid;
 
-use crate::domain::{OrderCancelled, OrderCreated, OrderStatusUpdated, StockLow};
+use crate::domain::{OrderCancelled, OrderCreated, OrderSnapshot, OrderStatusUpdated, StockLow};
 
 /// The Message-ID of the `notifications` consumer's email for an event:
 /// the same event always yields the same one, so a duplicate send is
@@ -35,20 +35,17 @@ pub fn confirmation(
     from: &Mailbox,
 ) -> Result<Message, MailError> {
     let order = &event.order;
-    let body = format!(
-        "Hello {name},\n\n\
-         thank you for your order #{id}.\n\n\
+    let text = format!(
+        "thank you for your order #{id}.\n\n\
          Amount: {amount} {currency}\n\
          Placed: {placed}\n\n\
          We will let you know when it ships.\n",
-        name = user.name,
         id = order.id,
         amount = order.amount,
         currency = order.currency,
         placed = event.occurred_at.format("%Y-%m-%d %H:%M:%S UTC"),
     );
-    let subject = format!("Order #{} confirmed", order.id);
-    build(from, customer(user)?, subject, message_id(event), body)
+    to_customer(user, from, event.event_id, order, "confirmed", &text)
 }
 
 /// Renders the cancellation of an order (its payment was declined, or an
@@ -58,21 +55,14 @@ pub fn cancellation(
     user: &User,
     from: &Mailbox,
 ) -> Result<Message, MailError> {
-    let order = &event.order;
-    let body = format!(
-        "Hello {name},\n\n\
-         your order #{id} of {amount} {currency} has been cancelled.\n\n\
-         Reason: {reason}\n\n\
+    let text = format!(
+        "your {} has been cancelled.\n\n\
+         Reason: {}\n\n\
          Nothing has been charged. You are welcome to order again.\n",
-        name = user.name,
-        id = order.id,
-        amount = order.amount,
-        currency = order.currency,
-        reason = event.reason,
+        of_amount(&event.order),
+        event.reason,
     );
-    let subject = format!("Order #{} cancelled", order.id);
-    let id = message_id_for(event.event_id, None);
-    build(from, customer(user)?, subject, id, body)
+    to_customer(user, from, event.event_id, &event.order, "cancelled", &text)
 }
 
 /// Renders an admin's status move (`shipped`, `delivered`, …) to the
@@ -82,20 +72,38 @@ pub fn status_update(
     user: &User,
     from: &Mailbox,
 ) -> Result<Message, MailError> {
-    let order = &event.order;
-    let body = format!(
-        "Hello {name},\n\n\
-         your order #{id} of {amount} {currency} is now {to} (it was {from}).\n",
-        name = user.name,
-        id = order.id,
-        amount = order.amount,
-        currency = order.currency,
-        to = event.to,
-        from = event.from,
+    let text = format!(
+        "your {} is now {} (it was {}).\n",
+        of_amount(&event.order),
+        event.to,
+        event.from,
     );
-    let subject = format!("Order #{} is {}", order.id, event.to);
-    let id = message_id_for(event.event_id, None);
-    build(from, customer(user)?, subject, id, body)
+    let subject = format!("is {}", event.to);
+    to_customer(user, from, event.event_id, &event.order, &subject, &text)
+}
+
+/// An email to the order's customer about event `event_id`: subject
+/// "Order #ID {subject}", "Hello NAME," then `text`, the customer Message-ID.
+fn to_customer(
+    user: &User,
+    from: &Mailbox,
+    event_id: Uuid,
+    order: &OrderSnapshot,
+    subject: &str,
+    text: &str,
+) -> Result<Message, MailError> {
+    build(
+        from,
+        customer(user)?,
+        format!("Order #{} {subject}", order.id),
+        message_id_for(event_id, None),
+        format!("Hello {},\n\n{text}", user.name),
+    )
+}
+
+/// "order #ID of AMOUNT CURRENCY".
+fn of_amount(order: &OrderSnapshot) -> String {
+    format!("order #{} of {} {}", order.id, order.amount, order.currency)
 }
 
 /// Renders the low-stock alert for staff.
