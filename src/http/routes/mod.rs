@@ -2,6 +2,7 @@
 
 pub mod dashboard;
 pub mod events;
+pub mod fields;
 pub mod health;
 pub mod orders;
 pub mod products;

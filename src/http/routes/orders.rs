@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::fields::{parse_currency, parse_id, parse_money};
 use crate::db::models::Order;
 use crate::db::orders::{self as order_rows, OrderFilter};
 use crate::domain::{
@@ -60,13 +61,7 @@ impl OrderBody {
             (None, None) => return Err(ApiError::invalid("missing field `amount` (or `items`)")),
             (Some(amount), None) => OrderContents::Amount {
                 amount: parse_money("amount", &amount).map_err(invalid)?,
-                currency: body
-                    .currency
-                    .as_deref()
-                    .map(Currency::parse)
-                    .transpose()
-                    .map_err(invalid)?
-                    .unwrap_or_default(),
+                currency: parse_currency(body.currency.as_deref()).map_err(invalid)?,
             },
             (None, Some(_)) if body.currency.is_some() => {
                 return Err(ApiError::invalid(
@@ -96,18 +91,6 @@ impl OrderBody {
             contents,
             idempotency_key,
         })
-    }
-}
-
-/// `"42.50"` or `42.50`: the text as written, at most 2 fraction digits.
-pub fn parse_money(field: &str, raw: &RawValue) -> Result<Money, InvalidInput> {
-    let text = raw.get();
-    if text.starts_with('"') {
-        let text: String = serde_json::from_str(text)
-            .map_err(|e| InvalidInput::new(format!("invalid {field}: {e}")))?;
-        Money::parse(&text)
-    } else {
-        Money::parse(text)
     }
 }
 
@@ -331,15 +314,6 @@ pub async fn set_status(
         })
         .await?;
     Ok(Json(serde_json::to_value(moved).expect("JSON")))
-}
-
-/// A positive integer id from a path or query.
-pub fn parse_id(what: &str, raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        ApiError::invalid(format!(
-            "invalid {what} {raw:?}: expected a positive integer"
-        ))
-    })
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::orders::{parse_id, parse_money};
-use crate::domain::{Currency, NewProduct, Product, ProductId, Quantity, StockLevel};
+use super::fields::{parse_currency, parse_id, parse_money};
+use crate::domain::{NewProduct, Product, ProductId, Quantity, StockLevel};
 use crate::error::{InvalidInput, NotFound};
 use crate::http::error::ApiError;
 use crate::http::AppState;
@@ -45,13 +45,7 @@ pub async fn create(
     let product = NewProduct {
         name: body.name.parse().map_err(invalid)?,
         price: parse_money("price", &body.price).map_err(invalid)?,
-        currency: body
-            .currency
-            .as_deref()
-            .map(Currency::parse)
-            .transpose()
-            .map_err(invalid)?
-            .unwrap_or_default(),
+        currency: parse_currency(body.currency.as_deref()).map_err(invalid)?,
         stock: stock_level(body.stock)?,
         low_stock_threshold: body.low_stock_threshold.map(stock_level).transpose()?,
     };
