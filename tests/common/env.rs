@@ -259,6 +259,22 @@ impl TestEnv {
         self.declare_passive(queue).1
     }
 
+    /// Whether the queue exists: a passive declare succeeds, or is refused
+    /// with 405 RESOURCE_LOCKED because another connection holds it
+    /// exclusively (a missing queue is 404).
+    pub fn queue_exists(&self, queue: &str) -> bool {
+        let mut connection = self.amqp();
+        let channel = connection.open_channel(None).expect("opening a channel");
+        let exists = match channel.queue_declare_passive(queue) {
+            Ok(_) => true,
+            Err(amiquip::Error::ServerClosedChannel { code: 405, .. }) => true,
+            Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => false,
+            Err(error) => panic!("declaring {queue} passively: {error}"),
+        };
+        let _ = connection.close();
+        exists
+    }
+
     fn declare_passive(&self, queue: &str) -> (u32, u32) {
         let mut connection = self.amqp();
         let channel = connection.open_channel(None).expect("opening a channel");

@@ -4,7 +4,8 @@
 //! RabbitMQ and Redis, and removes everything it created when dropped.
 //!
 //! Its parts: [`env`] (the services and [`TestEnv`]), [`run`] (running the
-//! binary), [`smtp`] (the SMTP sink and its emails). From a test module:
+//! binary, reading its JSON), [`smtp`] (the SMTP sink and its emails),
+//! [`orders`] (products, orders and their rows). From a test module:
 //!
 //! ```ignore
 //! let env = common::TestEnv::new();
@@ -15,6 +16,7 @@
 //! ```
 
 pub mod env;
+pub mod orders;
 pub mod run;
 pub mod smtp;
 

@@ -10,52 +10,27 @@ use ordctl::messaging::publisher::Publisher;
 use ordctl::messaging::Outgoing;
 use serde_json::Value;
 
-/// `ordctl product add … --json`; returns the product's id.
-fn add_product(env: &TestEnv, name: &str, price: &str, stock: u32) -> i64 {
-    let stock = stock.to_string();
-    let args = [
-        "product", "add", "--name", name, "--price", price, "--stock", &stock, "--json",
-    ];
-    env.ordctl(args).assert_code(0).json()["id"]
-        .as_i64()
-        .expect("a product id")
-}
-
 /// `ordctl place-order --user 3 --item ITEM --json`; returns the order id.
 fn order_items(env: &TestEnv, items: &[&str]) -> i64 {
-    let mut args = vec!["place-order", "--user", "3", "--json"];
-    for item in items {
-        args.extend(["--item", item]);
-    }
-    env.ordctl(args).assert_code(0).json()["order_id"]
+    env.order_items(3, items, &[]).assert_code(0).json()["order_id"]
         .as_i64()
         .expect("an order id")
 }
 
-fn stock(env: &TestEnv, product: i64) -> i64 {
-    env.scalar(&format!(
-        "SELECT stock::bigint AS n FROM products WHERE id = {product}"
-    ))
+fn stock(env: &TestEnv, product: i64) -> i32 {
+    env.stock_of(product).0
 }
 
 fn order_status(env: &TestEnv, order: i64) -> String {
-    env.ordctl(["order", "show", &order.to_string(), "--json"])
-        .assert_code(0)
-        .json()["status"]
-        .as_str()
-        .expect("a status")
-        .to_string()
+    env.status_of(order).0
 }
 
+/// The routing keys of the order's outbox events, oldest first.
 fn events_of(env: &TestEnv, order: i64) -> Vec<String> {
-    use diesel::prelude::*;
-    use ordctl::db::schema::outbox;
-    outbox::table
-        .filter(outbox::order_id.eq(order))
-        .order(outbox::id)
-        .select(outbox::routing_key)
-        .load(&mut env.db())
-        .expect("reading the outbox")
+    env.events_of(order)
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
 }
 
 fn subjects(env: &TestEnv) -> Vec<String> {
@@ -95,7 +70,7 @@ fn a_declined_payment_cancels_the_order_releases_its_stock_and_charges_once_unde
     let env = TestEnv::new();
     env.migrate_and_seed();
     // The simulated gateway declines every amount whose cents are 13.
-    let product = add_product(&env, "Declined Widget", "10.13", 5);
+    let product = env.add_product("Declined Widget", "10.13", 5, &[]);
     let order = order_items(&env, &[&format!("{product}")]);
     assert_eq!(stock(&env, product), 4);
     env.run_worker(&[]);
@@ -143,7 +118,7 @@ fn crossing_the_low_stock_threshold_emails_staff_once_per_crossing() {
     let env = TestEnv::new();
     env.migrate_and_seed();
     // Stock 10: the threshold defaults to half of it, 5.
-    let product = add_product(&env, "Gadget", "2.50", 10);
+    let product = env.add_product("Gadget", "2.50", 10, &[]);
     order_items(&env, &[&format!("{product}x3")]); // 10 → 7
     order_items(&env, &[&format!("{product}x3")]); // 7 → 4: crosses
     order_items(&env, &[&format!("{product}")]); // 4 → 3: already below

@@ -164,22 +164,6 @@ fn user_with_invalid_email(env: &TestEnv) -> i64 {
     )
 }
 
-/// Whether the queue exists: a passive declare succeeds, or is refused
-/// with 405 RESOURCE_LOCKED because another connection holds it exclusively
-/// (a missing queue is 404).
-fn queue_exists(env: &TestEnv, queue: &str) -> bool {
-    let mut connection = ordctl::messaging::connect(&env.settings.amqp_url).expect("connecting");
-    let channel = connection.open_channel(None).expect("a channel");
-    let exists = match channel.queue_declare_passive(queue) {
-        Ok(_) => true,
-        Err(amiquip::Error::ServerClosedChannel { code: 405, .. }) => true,
-        Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => false,
-        Err(error) => panic!("declaring {queue} passively: {error}"),
-    };
-    let _ = connection.close();
-    exists
-}
-
 #[test]
 fn tail_queue_sees_every_event_while_the_worker_still_delivers_each_one() {
     let env = TestEnv::new();
@@ -240,9 +224,9 @@ fn tail_queue_works_before_anything_exists_and_leaves_nothing_behind() {
     let env = TestEnv::new();
     let mut tail = Live::start(&env, &["tail-queue"], None);
     let tap_queue = tail.wait_until_tapping();
-    assert!(queue_exists(&env, &tap_queue), "{tap_queue}");
+    assert!(env.queue_exists(&tap_queue), "{tap_queue}");
     assert!(
-        queue_exists(&env, &env.work_queue()),
+        env.queue_exists(&env.work_queue()),
         "the topology is declared"
     );
     tail.signal("INT");
@@ -250,7 +234,7 @@ fn tail_queue_works_before_anything_exists_and_leaves_nothing_behind() {
     assert_eq!(code, Some(0), "Ctrl-C is a normal way to stop: {stderr}");
     assert!(lines.is_empty(), "{lines:?}");
     assert!(
-        !queue_exists(&env, &tap_queue),
+        !env.queue_exists(&tap_queue),
         "the tap queue is removed on exit"
     );
 }

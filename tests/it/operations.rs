@@ -67,7 +67,7 @@ fn purge_removes_a_namespaces_queues_exchanges_redis_keys_and_database_together(
     // declared again, so purge refuses and removes nothing.
     let worker = env.spawn_worker(&[]);
     wait_until("the worker's consumer", Duration::from_secs(30), || {
-        queue_exists(&env, &env.work_queue()) && env.queue_consumers(&env.work_queue()) > 0
+        env.queue_exists(&env.work_queue()) && env.queue_consumers(&env.work_queue()) > 0
     });
     let refused = env.ordctl(["purge", "--yes"]).assert_code(3);
     assert_eq!(refused.stderr_lines().len(), 1, "{}", refused.stderr);
@@ -120,8 +120,8 @@ fn purge_removes_a_namespaces_queues_exchanges_redis_keys_and_database_together(
         .json();
     assert_eq!(purged["dry_run"], false);
     assert_eq!(purged["queues"], dry["queues"]);
-    assert!(!queue_exists(&env, &env.work_queue()));
-    assert!(!queue_exists(&env, &env.dlq()));
+    assert!(!env.queue_exists(&env.work_queue()));
+    assert!(!env.queue_exists(&env.dlq()));
     let left: Vec<String> = redis::cmd("KEYS")
         .arg(env.redis_key("*"))
         .query(&mut env.redis())
@@ -136,14 +136,6 @@ fn purge_removes_a_namespaces_queues_exchanges_redis_keys_and_database_together(
         .json();
     assert_eq!(again["queues"].as_array().unwrap().len(), 0);
     assert_eq!(again["database"], serde_json::Value::Null);
-}
-
-fn queue_exists(env: &TestEnv, queue: &str) -> bool {
-    let mut connection = ordctl::messaging::connect(&env.settings.amqp_url).unwrap();
-    let channel = connection.open_channel(None).unwrap();
-    let exists = channel.queue_declare_passive(queue).is_ok();
-    let _ = connection.close();
-    exists
 }
 
 #[test]

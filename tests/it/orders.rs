@@ -7,29 +7,10 @@ use crate::common;
 
 use common::{TestEnv, DOWN_AMQP_URL};
 use diesel::prelude::*;
-use ordctl::db::schema::{order_items, orders, outbox, products};
+use ordctl::db::schema::{order_items, outbox, products};
 use ordctl::domain::OrderId;
 use redis::Commands;
 use serde_json::{json, Value};
-
-/// The routing keys of the order's outbox events, oldest first.
-fn events_of(env: &TestEnv, order_id: i64) -> Vec<(String, Value)> {
-    outbox::table
-        .filter(outbox::order_id.eq(order_id))
-        .order(outbox::id)
-        .select((outbox::routing_key, outbox::payload))
-        .load(&mut env.db())
-        .expect("reading the outbox")
-}
-
-/// The order's status and last update, straight from the table.
-fn status_of(env: &TestEnv, order_id: i64) -> (String, chrono::DateTime<chrono::Utc>) {
-    orders::table
-        .find(order_id)
-        .select((orders::status, orders::updated_at))
-        .first(&mut env.db())
-        .expect("the order exists")
-}
 
 /// Places a `--amount` order for user 3 and returns its id.
 fn place(env: &TestEnv, amount: &str) -> i64 {
@@ -59,8 +40,8 @@ fn a_paid_order_moves_to_shipped_then_delivered_with_one_event_each() {
     env.migrate_and_seed();
     let order_id = place(&env, "42");
     mark_paid(&env, order_id);
-    assert_eq!(status_of(&env, order_id).0, "paid");
-    assert_eq!(events_of(&env, order_id).len(), 1, "paying writes no event");
+    assert_eq!(env.status_of(order_id).0, "paid");
+    assert_eq!(env.events_of(order_id).len(), 1, "paying writes no event");
 
     for (n, (from, to)) in [("paid", "shipped"), ("shipped", "delivered")]
         .into_iter()
@@ -72,9 +53,9 @@ fn a_paid_order_moves_to_shipped_then_delivered_with_one_event_each() {
         assert_eq!(changed["to"], to);
         assert_eq!(changed["routing_key"], "order.status_updated");
         assert_eq!(changed["published"], true, "{changed}");
-        assert_eq!(status_of(&env, order_id).0, to);
+        assert_eq!(env.status_of(order_id).0, to);
 
-        let events = events_of(&env, order_id);
+        let events = env.events_of(order_id);
         assert_eq!(events.len(), n + 2, "exactly one new event: {events:?}");
         let (key, payload) = events.last().unwrap();
         assert_eq!(key, "order.status_updated");
@@ -100,8 +81,8 @@ fn an_admin_cancels_a_pending_order_with_an_order_cancelled_event() {
     assert_eq!(changed["from"], "pending");
     assert_eq!(changed["to"], "cancelled");
     assert_eq!(changed["routing_key"], "order.cancelled");
-    assert_eq!(status_of(&env, order_id).0, "cancelled");
-    let events = events_of(&env, order_id);
+    assert_eq!(env.status_of(order_id).0, "cancelled");
+    let events = env.events_of(order_id);
     let keys: Vec<&str> = events.iter().map(|(key, _)| key.as_str()).collect();
     assert_eq!(keys, ["order.created", "order.cancelled"]);
     let payload = &events[1].1;
@@ -148,7 +129,7 @@ fn illegal_status_moves_exit_2_with_one_line_and_write_nothing() {
     let ids = [pending, paid, delivered, cancelled];
     let snapshot = || -> Vec<_> {
         ids.iter()
-            .map(|&id| (status_of(&env, id), events_of(&env, id).len()))
+            .map(|&id| (env.status_of(id), env.events_of(id).len()))
             .collect()
     };
     let before = (snapshot(), env.count("outbox"));
@@ -211,38 +192,6 @@ fn order_show_prints_the_order_its_status_payment_and_timeline() {
 
 // ---- products, stock and orders of products ----
 
-/// `ordctl product add --name NAME --price PRICE --stock STOCK --json`
-/// (plus `extra`); returns the product's id.
-fn add_product(env: &TestEnv, name: &str, price: &str, stock: u32, extra: &[&str]) -> i64 {
-    let stock = stock.to_string();
-    let args = [
-        "product", "add", "--name", name, "--price", price, "--stock", &stock, "--json",
-    ];
-    env.ordctl(args.iter().chain(extra)).assert_code(0).json()["id"]
-        .as_i64()
-        .expect("a product id")
-}
-
-/// The product's stock and threshold, straight from the table.
-fn stock_of(env: &TestEnv, product_id: i64) -> (i32, i32) {
-    products::table
-        .find(product_id)
-        .select((products::stock, products::low_stock_threshold))
-        .first(&mut env.db())
-        .expect("the product exists")
-}
-
-/// `place-order --user USER --item ITEM... --json` (plus `extra`), unchecked.
-fn order_items_run(env: &TestEnv, user: i64, items: &[&str], extra: &[&str]) -> common::Run {
-    let user = user.to_string();
-    let mut args = vec!["place-order", "--user", &user, "--json"];
-    for item in items {
-        args.extend(["--item", item]);
-    }
-    args.extend(extra);
-    env.ordctl(args)
-}
-
 /// The `stock.low` payloads in the outbox, oldest first.
 fn stock_low_events(env: &TestEnv) -> Vec<Value> {
     outbox::table
@@ -282,8 +231,7 @@ fn product_commands_print_the_spec_shapes_and_move_the_default_threshold() {
         mug,
         json!({"id": 1, "name": "Mug", "price": "12.50", "currency": "USD", "stock": 101, "low_stock_threshold": 50})
     );
-    let pen = add_product(
-        &env,
+    let pen = env.add_product(
         "Pen",
         "1",
         10,
@@ -299,7 +247,7 @@ fn product_commands_print_the_spec_shapes_and_move_the_default_threshold() {
     assert_eq!(restocked["low_stock_threshold"], 60);
     env.ordctl(["product", "restock", &pen.to_string(), "--quantity", "90"])
         .assert_code(0);
-    assert_eq!(stock_of(&env, pen), (100, 3));
+    assert_eq!(env.stock_of(pen), (100, 3));
 
     let list = env
         .ordctl(["product", "list", "--json"])
@@ -386,21 +334,13 @@ fn product_commands_print_the_spec_shapes_and_move_the_default_threshold() {
         ),
         ("show unknown product", vec!["product", "show", "99"]),
     ];
-    let before = (
-        env.count("products"),
-        stock_of(&env, 1),
-        stock_of(&env, pen),
-    );
+    let before = (env.count("products"), env.stock_of(1), env.stock_of(pen));
     for (case, args) in cases {
         let run = env.ordctl(&args);
         assert_eq!(run.code, Some(2), "{case}: {run:#?}");
         assert_eq!(run.stdout, "", "{case}");
         assert_eq!(run.stderr_lines().len(), 1, "{case}: one line: {run:#?}");
-        let after = (
-            env.count("products"),
-            stock_of(&env, 1),
-            stock_of(&env, pen),
-        );
+        let after = (env.count("products"), env.stock_of(1), env.stock_of(pen));
         assert_eq!(after, before, "{case}: nothing written");
     }
 }
@@ -409,19 +349,15 @@ fn product_commands_print_the_spec_shapes_and_move_the_default_threshold() {
 fn an_order_of_products_is_priced_from_them_and_takes_their_stock() {
     let env = TestEnv::new();
     env.migrate_and_seed();
-    let mug = add_product(&env, "Mug", "12.50", 10, &[]);
-    let pen = add_product(&env, "Pen", "0.99", 10, &[]);
+    let mug = env.add_product("Mug", "12.50", 10, &[]);
+    let pen = env.add_product("Pen", "0.99", 10, &[]);
     let pen_item = format!("{pen}x2");
     let mug_item = mug.to_string();
     // Repeated ids merge: two mugs and three pens.
-    let placed = order_items_run(
-        &env,
-        3,
-        &[&pen_item, &mug_item, &mug_item, &pen.to_string()],
-        &[],
-    )
-    .assert_code(0)
-    .json();
+    let placed = env
+        .order_items(3, &[&pen_item, &mug_item, &mug_item, &pen.to_string()], &[])
+        .assert_code(0)
+        .json();
     assert_eq!(placed["amount"], "27.97", "2 × 12.50 + 3 × 0.99: {placed}");
     assert_eq!(placed["currency"], "USD");
     assert_eq!(placed["published"], true);
@@ -429,8 +365,8 @@ fn an_order_of_products_is_priced_from_them_and_takes_their_stock() {
         placed["items"],
         json!([{"product_id": mug, "quantity": 2}, {"product_id": pen, "quantity": 3}])
     );
-    assert_eq!(stock_of(&env, mug).0, 8);
-    assert_eq!(stock_of(&env, pen).0, 7);
+    assert_eq!(env.stock_of(mug).0, 8);
+    assert_eq!(env.stock_of(pen).0, 7);
     let order_id = placed["order_id"].as_i64().unwrap();
     let lines: Vec<(i64, i32, i64)> = order_items::table
         .filter(order_items::order_id.eq(order_id))
@@ -443,7 +379,7 @@ fn an_order_of_products_is_priced_from_them_and_takes_their_stock() {
         .load(&mut env.db())
         .unwrap();
     assert_eq!(lines, [(mug, 2, 1250), (pen, 3, 99)]);
-    let events = events_of(&env, order_id);
+    let events = env.events_of(order_id);
     assert_eq!(events.len(), 1, "no threshold crossed: {events:?}");
     assert_eq!(events[0].1["order"]["items"], placed["items"]);
 
@@ -466,15 +402,15 @@ fn an_order_of_products_is_priced_from_them_and_takes_their_stock() {
     );
     let placed = run.assert_code(0).json();
     assert_eq!(placed["published"], false);
-    assert_eq!(stock_of(&env, mug).0, 7);
+    assert_eq!(env.stock_of(mug).0, 7);
 }
 
 #[test]
 fn bad_items_exit_2_with_one_line_and_write_nothing() {
     let env = TestEnv::new();
     env.migrate_and_seed();
-    let mug = add_product(&env, "Mug", "12.50", 10, &[]);
-    let euro = add_product(&env, "Tasse", "9", 10, &["--currency", "EUR"]);
+    let mug = env.add_product("Mug", "12.50", 10, &[]);
+    let euro = env.add_product("Tasse", "9", 10, &["--currency", "EUR"]);
     let (mug, euro) = (mug.to_string(), euro.to_string());
     let mug2 = format!("{mug}x2");
     let cases: &[(&str, &[&str])] = &[
@@ -533,11 +469,11 @@ fn bad_items_exit_2_with_one_line_and_write_nothing() {
 fn not_enough_stock_exits_3_with_one_line_naming_the_product_and_writes_nothing() {
     let env = TestEnv::new();
     env.migrate_and_seed();
-    let mug = add_product(&env, "Mug", "12.50", 10, &[]);
-    let pen = add_product(&env, "Pen", "1", 2, &[]);
+    let mug = env.add_product("Mug", "12.50", 10, &[]);
+    let pen = env.add_product("Pen", "1", 2, &[]);
     let before = written(&env);
     // The mug is taken first (lower id) and must be given back.
-    let run = order_items_run(&env, 3, &[&format!("{mug}x3"), &format!("{pen}x3")], &[]);
+    let run = env.order_items(3, &[&format!("{mug}x3"), &format!("{pen}x3")], &[]);
     assert_eq!(run.code, Some(3), "{run:#?}");
     assert_eq!(run.stdout, "");
     let lines = run.stderr_lines();
@@ -548,19 +484,17 @@ fn not_enough_stock_exits_3_with_one_line_naming_the_product_and_writes_nothing(
     assert_eq!(written(&env), before, "nothing written");
 
     // Exactly what is left can still be ordered.
-    order_items_run(&env, 3, &[&format!("{pen}x2")], &[]).assert_code(0);
-    assert_eq!(stock_of(&env, pen).0, 0);
-    assert_eq!(
-        order_items_run(&env, 3, &[&pen.to_string()], &[]).code,
-        Some(3)
-    );
+    env.order_items(3, &[&format!("{pen}x2")], &[])
+        .assert_code(0);
+    assert_eq!(env.stock_of(pen).0, 0);
+    assert_eq!(env.order_items(3, &[&pen.to_string()], &[]).code, Some(3));
 }
 
 #[test]
 fn two_hundred_concurrent_orders_for_fifty_units_place_exactly_fifty() {
     let env = TestEnv::new();
     env.migrate_and_seed();
-    let product = add_product(&env, "Limited", "5", 50, &[]);
+    let product = env.add_product("Limited", "5", 50, &[]);
     let item = product.to_string();
     // 20 single orders and 5 bulk runs of 36 (2 connections each) at once:
     // about 30 connections, well under max_connections shared with others.
@@ -614,7 +548,7 @@ fn two_hundred_concurrent_orders_for_fifty_units_place_exactly_fifty() {
         }
     }
     assert_eq!(placed, 50, "exactly the stock was sold");
-    assert_eq!(stock_of(&env, product).0, 0);
+    assert_eq!(env.stock_of(product).0, 0);
     assert_eq!(env.count("orders"), 50);
     assert_eq!(
         env.scalar("SELECT sum(quantity)::bigint AS n FROM order_items"),
@@ -634,9 +568,9 @@ fn two_hundred_concurrent_orders_for_fifty_units_place_exactly_fifty() {
 fn stock_low_is_written_once_per_crossing_and_rearmed_by_restock_and_cancellation() {
     let env = TestEnv::new();
     env.migrate_and_seed();
-    let product = add_product(&env, "Lamp", "30", 4, &["--low-stock-threshold", "2"]);
+    let product = env.add_product("Lamp", "30", 4, &["--low-stock-threshold", "2"]);
     let order = |quantity: u32| -> i64 {
-        order_items_run(&env, 3, &[&format!("{product}x{quantity}")], &[])
+        env.order_items(3, &[&format!("{product}x{quantity}")], &[])
             .assert_code(0)
             .json()["order_id"]
             .as_i64()
@@ -652,7 +586,8 @@ fn stock_low_is_written_once_per_crossing_and_rearmed_by_restock_and_cancellatio
         json!({"id": product, "name": "Lamp", "stock": 1, "low_stock_threshold": 2})
     );
     assert_eq!(low[0]["order_id"], crossing);
-    let keys: Vec<String> = events_of(&env, crossing)
+    let keys: Vec<String> = env
+        .events_of(crossing)
         .into_iter()
         .map(|(key, _)| key)
         .collect();
@@ -687,7 +622,7 @@ fn stock_low_is_written_once_per_crossing_and_rearmed_by_restock_and_cancellatio
         .assert_code(0)
         .json();
     assert_eq!(low, json!([]));
-    assert_eq!(stock_of(&env, product).0, 10);
+    assert_eq!(env.stock_of(product).0, 10);
     order(9);
     assert_eq!(stock_low_events(&env).len(), 3, "a cancellation re-arms it");
 }
@@ -696,8 +631,8 @@ fn stock_low_is_written_once_per_crossing_and_rearmed_by_restock_and_cancellatio
 fn cancelling_an_order_releases_its_stock_and_the_cache_shows_it() {
     let env = TestEnv::new();
     env.migrate_and_seed();
-    let mug = add_product(&env, "Mug", "12.50", 10, &[]);
-    let pen = add_product(&env, "Pen", "1", 10, &[]);
+    let mug = env.add_product("Mug", "12.50", 10, &[]);
+    let pen = env.add_product("Pen", "1", 10, &[]);
     let show = || -> Value {
         env.ordctl(["product", "show", &mug.to_string(), "--json"])
             .assert_code(0)
@@ -708,7 +643,8 @@ fn cancelling_an_order_releases_its_stock_and_the_cache_shows_it() {
     let cached: Option<String> = env.redis().get(&key).unwrap();
     assert!(cached.is_some(), "show caches the product");
 
-    let placed = order_items_run(&env, 3, &[&format!("{mug}x4"), &format!("{pen}x1")], &[])
+    let placed = env
+        .order_items(3, &[&format!("{mug}x4"), &format!("{pen}x1")], &[])
         .assert_code(0)
         .json();
     assert!(
@@ -722,10 +658,10 @@ fn cancelling_an_order_releases_its_stock_and_the_cache_shows_it() {
         .assert_code(0)
         .json();
     assert_eq!(changed["released"], json!([mug, pen]));
-    assert_eq!(stock_of(&env, mug).0, 10);
-    assert_eq!(stock_of(&env, pen).0, 10);
+    assert_eq!(env.stock_of(mug).0, 10);
+    assert_eq!(env.stock_of(pen).0, 10);
     assert_eq!(show()["stock"], 10, "the cache shows the released stock");
-    let cancelled = &events_of(&env, order_id)[1].1;
+    let cancelled = &env.events_of(order_id)[1].1;
     assert_eq!(cancelled["type"], "order.cancelled");
     assert_eq!(cancelled["order"]["items"], placed["items"]);
 
@@ -738,15 +674,17 @@ fn cancelling_an_order_releases_its_stock_and_the_cache_shows_it() {
 fn an_idempotency_key_places_one_order_however_often_it_is_sent() {
     let env = TestEnv::new();
     env.migrate_and_seed();
-    let mug = add_product(&env, "Mug", "12.50", 10, &[]);
+    let mug = env.add_product("Mug", "12.50", 10, &[]);
     let item = format!("{mug}x2");
     let mug_one = mug.to_string();
-    let first = order_items_run(&env, 3, &[&item], &["--idempotency-key", "cart-1"])
+    let first = env
+        .order_items(3, &[&item], &["--idempotency-key", "cart-1"])
         .assert_code(0)
         .json();
     assert!(first.get("replayed").is_none(), "{first}");
     let before = written(&env);
-    let again = order_items_run(&env, 3, &[&item], &["--idempotency-key", "cart-1"])
+    let again = env
+        .order_items(3, &[&item], &["--idempotency-key", "cart-1"])
         .assert_code(0)
         .json();
     assert_eq!(again["replayed"], true);
@@ -760,7 +698,7 @@ fn an_idempotency_key_places_one_order_however_often_it_is_sent() {
         ("another user", 4, vec![item.as_str()]),
         ("another quantity", 3, vec![mug_one.as_str()]),
     ] {
-        let run = order_items_run(&env, user, &items, &["--idempotency-key", "cart-1"]);
+        let run = env.order_items(user, &items, &["--idempotency-key", "cart-1"]);
         assert_eq!(run.code, Some(2), "{case}: {run:#?}");
         assert_eq!(run.stderr_lines().len(), 1, "{case}: {run:#?}");
         assert_eq!(written(&env), before, "{case}: nothing written");
@@ -806,7 +744,7 @@ fn an_idempotency_key_places_one_order_however_often_it_is_sent() {
 fn bulk_orders_count_refusals_and_exit_3_when_every_order_is_refused() {
     let env = TestEnv::new();
     env.migrate_and_seed();
-    let product = add_product(&env, "Rare", "3", 5, &[]).to_string();
+    let product = env.add_product("Rare", "3", 5, &[]).to_string();
     let summary = env
         .ordctl(["place-order", "--count", "8", "--item", &product, "--json"])
         .assert_code(0)

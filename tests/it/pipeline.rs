@@ -6,23 +6,11 @@ use crate::common;
 
 use std::collections::{BTreeSet, HashSet};
 
-use common::{with_password, TestEnv, DOWN_AMQP_URL, DOWN_REDIS_URL};
+use common::{keys, with_password, TestEnv, DOWN_AMQP_URL, DOWN_REDIS_URL};
 use diesel::prelude::*;
 use ordctl::db::schema::{delivery_attempts, notifications, orders, outbox, users};
 use serde_json::Value;
 use uuid::Uuid;
-
-/// The keys of a JSON object, sorted.
-fn keys(value: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = value
-        .as_object()
-        .unwrap_or_else(|| panic!("not an object: {value}"))
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    keys
-}
 
 /// The work queue's entry in `status --json`.
 fn work_queue_status<'a>(env: &TestEnv, status: &'a Value) -> &'a Value {

@@ -10,21 +10,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{TestEnv, DOWN_AMQP_URL};
+use common::{keys, TestEnv, DOWN_AMQP_URL};
 use http_client::{Server, TOKEN};
 use serde_json::Value;
-
-/// The keys of a JSON object, sorted.
-fn keys(value: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = value
-        .as_object()
-        .unwrap_or_else(|| panic!("not an object: {value}"))
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    keys
-}
 
 #[test]
 fn posting_an_order_commits_it_publishes_it_and_answers_201() {
