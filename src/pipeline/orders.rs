@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::relay;
 use super::trace::{self, Step};
 use crate::cache::ProductCache;
-use crate::db::models::Payment;
+use crate::db::models::{Order, Payment};
 use crate::db::{order_items, orders, payments};
 use crate::domain::{Currency, Money, OrderId, OrderStatus, PaymentStatus, ProductId, UserId};
 use crate::messaging::publisher::Publisher;
@@ -64,9 +64,9 @@ pub(crate) fn publish_now(
     }
 }
 
-/// An order as `order show` prints it.
+/// An order's own fields, as lists show it.
 #[derive(Clone, Debug, Serialize)]
-pub struct OrderDetails {
+pub struct OrderView {
     pub id: OrderId,
     pub user_id: UserId,
     pub amount: Money,
@@ -74,6 +74,29 @@ pub struct OrderDetails {
     pub status: OrderStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<Order> for OrderView {
+    type Error = anyhow::Error;
+    fn try_from(order: Order) -> anyhow::Result<Self> {
+        Ok(Self {
+            id: order.id,
+            user_id: order.user_id,
+            amount: money(order.amount_minor, "order amount")?,
+            currency: order.currency,
+            status: order.status,
+            created_at: order.created_at,
+            updated_at: order.updated_at,
+        })
+    }
+}
+
+/// An order as `order show` prints it: its own fields, then what belongs
+/// to it.
+#[derive(Clone, Debug, Serialize)]
+pub struct OrderDetails {
+    #[serde(flatten)]
+    pub order: OrderView,
     pub items: Vec<ItemDetails>,
     pub payment: Option<PaymentDetails>,
     /// What the pipeline did with the order's events (`ordctl trace`).
@@ -109,13 +132,7 @@ pub fn show(conn: &mut PgConnection, order_id: OrderId) -> anyhow::Result<OrderD
     let payment = payments::for_order(conn, order.id).context("reading the order's payment")?;
     let trace = trace::trace(conn, order.id)?;
     Ok(OrderDetails {
-        id: order_id,
-        user_id: order.user_id,
-        amount: money(order.amount_minor, "order amount")?,
-        currency: order.currency,
-        status: order.status,
-        created_at: order.created_at,
-        updated_at: order.updated_at,
+        order: OrderView::try_from(order)?,
         items: items
             .iter()
             .map(|item| {

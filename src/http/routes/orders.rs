@@ -8,21 +8,19 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::fields::{parse_currency, parse_id, parse_money};
-use crate::db::models::Order;
 use crate::db::orders::{self as order_rows, OrderFilter};
 use crate::domain::{
-    Currency, IdempotencyKey, Money, NewOrder, OrderContents, OrderId, OrderItems, OrderLine,
-    OrderStatus, ProductId, Quantity, UserId,
+    IdempotencyKey, NewOrder, OrderContents, OrderId, OrderItems, OrderLine, OrderStatus,
+    ProductId, Quantity, UserId,
 };
 use crate::error::InvalidInput;
 use crate::http::error::ApiError;
 use crate::http::AppState;
-use crate::pipeline::orders;
+use crate::pipeline::orders::{self, OrderView};
 use crate::pipeline::place_order::{self, Placed};
 
 /// The most orders one page of `GET /orders` returns.
@@ -157,34 +155,6 @@ pub async fn create(
         false => StatusCode::CREATED,
     };
     Ok((status, Json(serde_json::to_value(created).expect("JSON"))))
-}
-
-/// An order as lists show it.
-#[derive(Serialize)]
-pub struct OrderView {
-    pub id: OrderId,
-    pub user_id: UserId,
-    pub amount: Money,
-    pub currency: Currency,
-    pub status: OrderStatus,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl TryFrom<Order> for OrderView {
-    type Error = anyhow::Error;
-    fn try_from(order: Order) -> anyhow::Result<Self> {
-        Ok(Self {
-            id: order.id,
-            user_id: order.user_id,
-            amount: Money::from_minor_units(order.amount_minor)
-                .ok_or_else(|| anyhow::anyhow!("order {} has a bad amount", order.id))?,
-            currency: order.currency,
-            status: order.status,
-            created_at: order.created_at,
-            updated_at: order.updated_at,
-        })
-    }
 }
 
 /// `GET /orders/{id}`: the order with its items, status, payment and

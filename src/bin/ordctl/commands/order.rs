@@ -64,10 +64,11 @@ impl Args {
 impl ShowArgs {
     fn run(self, ctx: &Ctx) -> anyhow::Result<()> {
         let mut conn = db::connect(&ctx.settings.database_url)?;
-        let order = orders::show(&mut conn, self.order_id)?;
+        let details = orders::show(&mut conn, self.order_id)?;
         if ctx.json {
-            return output::json(&order);
+            return output::json(&details);
         }
+        let order = &details.order;
         output::line(format!(
             "order {}: user {}, {} {}, {} (placed {}, updated {})",
             order.id,
@@ -78,9 +79,9 @@ impl ShowArgs {
             order.created_at.format("%Y-%m-%d %H:%M:%S"),
             order.updated_at.format("%Y-%m-%d %H:%M:%S"),
         ))?;
-        if !order.items.is_empty() {
+        if !details.items.is_empty() {
             let mut table = output::table(["product", "quantity", "unit price"]);
-            for item in &order.items {
+            for item in &details.items {
                 table.add_row(vec![
                     item.product_id.to_string(),
                     item.quantity.to_string(),
@@ -89,7 +90,7 @@ impl ShowArgs {
             }
             output::line(table)?;
         }
-        match &order.payment {
+        match &details.payment {
             Some(payment) => output::line(format!(
                 "payment: {} {} {} (reference {}){}",
                 payment.status,
@@ -104,7 +105,7 @@ impl ShowArgs {
             None => output::line("payment: none yet")?,
         }
         let mut table = output::table(["time (UTC)", "step", "attempt", "detail"]);
-        for step in &order.timeline {
+        for step in &details.timeline {
             table.add_row(vec![
                 step.at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
                 step.step.as_str().to_string(),
