@@ -11,6 +11,7 @@ use url::Url;
 use crate::domain::Namespace;
 use crate::error::InvalidInput;
 use crate::messaging::topology::QueueType;
+use crate::messaging::Brokers;
 use crate::secrets::{decode, redact, redact_str};
 
 /// The global flags, as clap parses them. Values stay strings here so that a
@@ -28,7 +29,9 @@ pub struct SettingsArgs {
     )]
     pub database_url: String,
 
-    /// RabbitMQ URL (amqp:// or amqps://).
+    /// RabbitMQ URL (amqp:// or amqps://), or the nodes of a cluster
+    /// comma-separated: each connection tries them in turn and moves on to
+    /// the next live node when one goes away.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -86,7 +89,7 @@ pub struct SettingsArgs {
 #[derive(Clone)]
 pub struct Settings {
     pub database_url: Url,
-    pub amqp_url: Url,
+    pub amqp_url: Brokers,
     pub redis_url: Url,
     pub smtp: Option<SmtpSettings>,
     pub mail_dir: PathBuf,
@@ -103,7 +106,7 @@ impl Settings {
                 &args.database_url,
                 &["postgres", "postgresql"],
             )?,
-            amqp_url: parse_url("--amqp-url", &args.amqp_url, &["amqp", "amqps"])?,
+            amqp_url: parse_brokers(&args.amqp_url)?,
             redis_url: parse_url("--redis-url", &args.redis_url, &["redis", "rediss"])?,
             smtp: args
                 .smtp_url
@@ -128,7 +131,7 @@ impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
             .field("database_url", &redact(&self.database_url))
-            .field("amqp_url", &redact(&self.amqp_url))
+            .field("amqp_url", &self.amqp_url)
             .field("redis_url", &redact(&self.redis_url))
             .field("smtp", &self.smtp)
             .field("mail_dir", &self.mail_dir)
@@ -219,6 +222,23 @@ impl fmt::Display for SmtpSettings {
     }
 }
 
+/// `--amqp-url`: one URL or several, comma-separated (spaces around the
+/// commas allowed).
+fn parse_brokers(raw: &str) -> Result<Brokers, InvalidInput> {
+    let urls = raw
+        .split(',')
+        .map(str::trim)
+        .map(|url| match url {
+            "" => Err(InvalidInput::new(format!(
+                "--amqp-url {} has an empty entry (separate URLs with one comma)",
+                redact_str(raw)
+            ))),
+            url => parse_url("--amqp-url", url, &["amqp", "amqps"]),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Brokers::new(urls))
+}
+
 fn parse_url(flag: &str, raw: &str, schemes: &[&str]) -> Result<Url, InvalidInput> {
     let url = Url::parse(raw).map_err(|e| {
         InvalidInput::new(format!(
@@ -259,6 +279,31 @@ mod tests {
         assert_eq!((implicit.port, implicit.tls), (465, SmtpTls::Implicit));
         assert!(SmtpSettings::parse("smtp://host?tls=maybe").is_err());
         assert!(SmtpSettings::parse("http://host").is_err());
+    }
+
+    #[test]
+    fn amqp_url_takes_a_comma_separated_list_of_nodes() {
+        let one = parse_brokers("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(one.urls().len(), 1);
+        let three = parse_brokers(
+            "amqp://u:pw1@127.0.0.1:5681/%2f, amqp://u:pw2@127.0.0.1:5682/%2f,amqps://u:pw3@h/%2f",
+        )
+        .unwrap();
+        let ports: Vec<_> = three.urls().iter().map(Url::port).collect();
+        assert_eq!(ports, [Some(5681), Some(5682), None]);
+        assert_eq!(three.first().port(), Some(5681));
+        let debug = format!("{:?}", three);
+        assert!(!debug.contains("pw"), "{debug}");
+        for bad in [
+            "",
+            "amqp://h/%2f,",
+            "amqp://h/%2f,,amqp://i/%2f",
+            "amqp://h/%2f,http://u:pw9@i",
+        ] {
+            let err = parse_brokers(bad).unwrap_err().to_string();
+            assert!(err.starts_with("--amqp-url"), "{err}");
+            assert!(!err.contains("pw9"), "{err}");
+        }
     }
 
     #[test]

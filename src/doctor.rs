@@ -14,7 +14,7 @@ use crate::db;
 use crate::mail;
 use crate::messaging::management::ManagementApi;
 use crate::messaging::topology::Topology;
-use crate::messaging::Link;
+use crate::messaging::{Brokers, Link};
 use crate::secrets::redact;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -163,11 +163,12 @@ fn postgres(settings: &Settings) -> Check {
 }
 
 /// Reachable and not blocking publishers; then the namespace's existing
-/// queues against `--queue-type`.
+/// queues against `--queue-type`. With several nodes, each one that does
+/// not answer is a warning: the others carry on without it.
 fn rabbitmq(settings: &Settings, topology: &Topology) -> Vec<Check> {
     const NAME: &str = "rabbitmq";
-    let url = redact(&settings.amqp_url);
-    let mut link = match Link::open(&settings.amqp_url) {
+    let mut checks = unreachable_nodes(&settings.amqp_url);
+    let mut link = match settings.amqp_url.open() {
         Ok(link) => link,
         Err(error) => {
             return vec![Check::fail(
@@ -177,7 +178,8 @@ fn rabbitmq(settings: &Settings, topology: &Topology) -> Vec<Check> {
             )]
         }
     };
-    let mut checks = vec![match link.probe_blocked() {
+    let url = redact(settings.amqp_url.current());
+    checks.push(match link.probe_blocked() {
         Ok(None) => Check::ok(NAME, format!("{url}: reachable, accepting publishes")),
         Ok(Some(blocked)) => Check::fail(
             NAME,
@@ -185,7 +187,7 @@ fn rabbitmq(settings: &Settings, topology: &Topology) -> Vec<Check> {
             "free memory or disk on the RabbitMQ node (or raise vm_memory_high_watermark / disk_free_limit); orders are committed meanwhile and published when it clears",
         ),
         Err(error) => Check::fail(NAME, format!("{url}: publishing: {error:#}"), "see the RabbitMQ server log"),
-    }];
+    });
     if link.is_blocked() {
         // Declares would queue up behind the block.
         link.close(None);
@@ -194,6 +196,31 @@ fn rabbitmq(settings: &Settings, topology: &Topology) -> Vec<Check> {
     checks.push(queue_types(&mut link, topology));
     link.close(None);
     checks
+}
+
+/// A warning for each node of a list of several that does not answer.
+fn unreachable_nodes(brokers: &Brokers) -> Vec<Check> {
+    if brokers.urls().len() < 2 {
+        return Vec::new();
+    }
+    brokers
+        .urls()
+        .iter()
+        .filter_map(|url| match Link::open(url) {
+            Ok(link) => {
+                link.close(None);
+                None
+            }
+            Err(error) => Some((url, error)),
+        })
+        .map(|(url, error)| {
+            Check::warn(
+                "rabbitmq node",
+                format!("{} does not answer: {error:#}", redact(url)),
+                "start the node again (scripts/cluster.sh start for the local cluster); connections use the other nodes meanwhile",
+            )
+        })
+        .collect()
 }
 
 /// Every existing work queue and DLQ of the namespace must be of the

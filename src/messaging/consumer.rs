@@ -8,13 +8,13 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::Brokers;
 use amiquip::{
     AmqpProperties, AmqpValue, Channel, ConsumerMessage, ConsumerOptions, Delivery, FieldTable,
 };
 use anyhow::{bail, Context};
 use chrono::Utc;
 use crossbeam_channel::RecvTimeoutError;
-use url::Url;
 
 use super::table::{header_int, header_str, truncate};
 use super::topology::{ConsumerSpec, Topology};
@@ -139,7 +139,7 @@ pub struct RunOptions {
 
 /// Consumes until `shutdown`, reconnecting with backoff on any broker error.
 pub fn run(
-    url: &Url,
+    brokers: &Brokers,
     topology: &Topology,
     handler: &dyn Handler,
     options: &RunOptions,
@@ -147,19 +147,19 @@ pub fn run(
     activity: &Activity,
 ) {
     reconnect::until_shutdown("consumer", shutdown, || {
-        session(url, topology, handler, options, shutdown, activity)
+        session(brokers, topology, handler, options, shutdown, activity)
     });
 }
 
 fn session(
-    url: &Url,
+    brokers: &Brokers,
     topology: &Topology,
     handler: &dyn Handler,
     options: &RunOptions,
     shutdown: &Shutdown,
     activity: &Activity,
 ) -> anyhow::Result<()> {
-    let mut connection = connect(url)?;
+    let mut connection = connect(brokers)?;
     let setup = connection.open_channel(None)?;
     topology.declare(&setup)?;
     setup.close()?;

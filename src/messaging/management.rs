@@ -21,7 +21,9 @@ pub struct ManagementApi {
 }
 
 impl ManagementApi {
-    /// `http://HOST:15672/` with the AMQP URL's credentials (AMQP's default
+    /// `http://HOST:15672/` (or, for an AMQP port other than RabbitMQ's
+    /// own, that port + 10000, RabbitMQ's convention, as the nodes of
+    /// `scripts/cluster.sh` use) with the AMQP URL's credentials (AMQP's default
     /// guest/guest when it has none) and virtual host; `base` overrides the
     /// address, and its credentials, if any, win.
     pub fn new(amqp_url: &Url, base: Option<&Url>) -> Result<Self, InvalidInput> {
@@ -40,6 +42,7 @@ impl ManagementApi {
                 let mut url = Url::parse("http://localhost:15672/").expect("a valid URL");
                 url.set_host(amqp_url.host_str())
                     .map_err(|e| InvalidInput::new(format!("RabbitMQ host: {e}")))?;
+                let _ = url.set_port(Some(management_port(amqp_url.port())));
                 derived = url;
                 &derived
             }
@@ -121,6 +124,15 @@ impl ManagementApi {
     }
 }
 
+/// The management port that goes with an AMQP port: 15672 for the
+/// default ports, else the AMQP port + 10000 (5681 → 15681).
+fn management_port(amqp_port: Option<u16>) -> u16 {
+    match amqp_port {
+        None | Some(5671 | 5672) => 15672,
+        Some(port) => port.checked_add(10_000).unwrap_or(15672),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +155,10 @@ mod tests {
         assert_eq!(derived.url().as_str(), "http://rabbit.internal:15672/");
         assert_eq!(derived.vhost, "/");
         assert_eq!(derived.authorization, basic("admin:p@ss"));
+
+        let node = api("amqp://127.0.0.1:5681/%2f", None);
+        assert_eq!(node.url().as_str(), "http://127.0.0.1:15681/");
+        assert_eq!(management_port(Some(60000)), 15672);
 
         let defaults = api("amqp://127.0.0.1/shop", None);
         assert_eq!(defaults.vhost, "shop");

@@ -1,6 +1,7 @@
 //! RabbitMQ: connections, the namespaced topology, publishing with
 //! publisher confirms, and the consumer runtime.
 
+pub mod brokers;
 pub mod consumer;
 pub mod link;
 pub mod management;
@@ -14,19 +15,20 @@ use std::time::Duration;
 use amiquip::{AmqpProperties, Channel, Confirm, ConfirmSmoother, Connection, FieldTable, Publish};
 use anyhow::{bail, Context};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use url::Url;
 
+pub use brokers::Brokers;
 pub use link::{BrokerBlocked, Link};
 
 /// How long a publish may wait for the broker's confirm before the channel
 /// is considered broken.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Opens a connection; a URL without `connection_timeout` gets 5 s so an
-/// unreachable broker fails fast instead of hanging. Roles that publish use
-/// a [`Link`] instead, which never hangs on close.
-pub fn connect(url: &Url) -> anyhow::Result<Connection> {
-    Ok(Link::open(url)?.into_connection())
+/// Opens a connection to the first of `brokers` that answers; a URL
+/// without `connection_timeout` gets 5 s so an unreachable broker fails
+/// fast instead of hanging. Roles that publish use a [`Link`] instead
+/// ([`Brokers::open`]), which never hangs on close.
+pub fn connect(brokers: &Brokers) -> anyhow::Result<Connection> {
+    brokers.connect()
 }
 
 /// A message to publish. Every message the tool publishes is persistent

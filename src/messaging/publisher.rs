@@ -3,10 +3,9 @@
 //! memory or disk alarm), and closing it never hangs.
 
 use amiquip::Channel;
-use url::Url;
 
 use super::topology::Topology;
-use super::{BrokerBlocked, Confirms, Link, Outgoing};
+use super::{BrokerBlocked, Brokers, Confirms, Link, Outgoing};
 
 pub struct Publisher {
     events_exchange: String,
@@ -16,8 +15,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn connect(url: &Url, topology: &Topology) -> anyhow::Result<Self> {
-        let mut link = Link::open(url)?;
+    pub fn connect(brokers: &Brokers, topology: &Topology) -> anyhow::Result<Self> {
+        let mut link = brokers.open()?;
         let channel = link.open_channel()?;
         topology.declare(&channel)?;
         let confirms = Confirms::enable(&channel)?;
@@ -86,7 +85,7 @@ impl Drop for Publisher {
 /// down broker costs each order nothing (it stays `published: false` and
 /// the relay publishes it).
 pub struct PublisherPool {
-    url: Url,
+    brokers: Brokers,
     topology: Topology,
     idle: std::sync::Mutex<Vec<Publisher>>,
     down_since: std::sync::Mutex<Option<std::time::Instant>>,
@@ -96,9 +95,9 @@ pub struct PublisherPool {
 pub const RETRY_CONNECT_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl PublisherPool {
-    pub fn new(url: &Url, topology: Topology) -> Self {
+    pub fn new(brokers: &Brokers, topology: Topology) -> Self {
         Self {
-            url: url.clone(),
+            brokers: brokers.clone(),
             topology,
             idle: Default::default(),
             down_since: Default::default(),
@@ -119,7 +118,7 @@ impl PublisherPool {
         {
             return None;
         }
-        match Publisher::connect(&self.url, &self.topology) {
+        match Publisher::connect(&self.brokers, &self.topology) {
             Ok(publisher) => {
                 *self.down_since.lock().expect("publisher pool") = None;
                 Some(publisher)

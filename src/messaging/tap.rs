@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::Brokers;
 use amiquip::{
     AmqpValue, Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery, FieldTable,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -20,7 +21,6 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::RecvTimeoutError;
 use serde::Serialize;
 use serde_json::Value;
-use url::Url;
 
 use super::consumer::headers;
 use super::table::{self, header_int, header_str};
@@ -205,13 +205,13 @@ impl Tapped {
 /// to `sink` until `shutdown`, the limit or the idle timeout. The private
 /// queue is deleted on the way out, whatever `sink` returned.
 pub fn tap(
-    url: &Url,
+    brokers: &Brokers,
     topology: &Topology,
     options: &TapOptions,
     shutdown: &Shutdown,
     mut sink: impl FnMut(&Tapped) -> anyhow::Result<()>,
 ) -> anyhow::Result<Stop> {
-    let mut connection = connect(url)?;
+    let mut connection = connect(brokers)?;
     let channel = connection.open_channel(None)?;
     let result = tap_on(&channel, topology, options, shutdown, &mut sink);
     let _ = channel.close();

@@ -9,14 +9,13 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Int8, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use serde::Serialize;
-use url::Url;
 use uuid::Uuid;
 
 use super::prune::expected_deliveries;
 use crate::domain::OrderId;
 use crate::messaging::publisher::Publisher;
 use crate::messaging::topology::Topology;
-use crate::messaging::{self, Outgoing};
+use crate::messaging::{self, Brokers, Outgoing};
 
 /// Republishes per publisher-confirm wait.
 const WINDOW: usize = 100;
@@ -62,7 +61,7 @@ pub struct Reconciled {
 /// `cutoff` that a registered consumer never received.
 pub fn reconcile(
     conn: &mut PgConnection,
-    amqp_url: &Url,
+    amqp_url: &Brokers,
     topology: &Topology,
     cutoff: DateTime<Utc>,
     republish: bool,
@@ -133,7 +132,7 @@ pub fn reconcile(
 }
 
 /// Consumers with messages ready in their work or retry queues.
-fn busy_consumers(amqp_url: &Url, topology: &Topology) -> anyhow::Result<Vec<Busy>> {
+fn busy_consumers(amqp_url: &Brokers, topology: &Topology) -> anyhow::Result<Vec<Busy>> {
     let mut connection = messaging::connect(amqp_url)?;
     let channel = connection.open_channel(None)?;
     topology.declare(&channel)?;

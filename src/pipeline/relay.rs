@@ -14,7 +14,7 @@ use crate::db::models::OutboxRow;
 use crate::db::{self, outbox};
 use crate::messaging::publisher::Publisher;
 use crate::messaging::topology::Topology;
-use crate::messaging::{BrokerBlocked, Outgoing};
+use crate::messaging::{BrokerBlocked, Brokers, Outgoing};
 use crate::reconnect;
 use crate::shutdown::{Activity, Shutdown};
 
@@ -108,7 +108,11 @@ pub fn drain(
 
 /// `ordctl relay --once`: drains and returns the number published; any
 /// failure is returned to the caller.
-pub fn run_once(database_url: &Url, amqp_url: &Url, topology: &Topology) -> anyhow::Result<usize> {
+pub fn run_once(
+    database_url: &Url,
+    amqp_url: &Brokers,
+    topology: &Topology,
+) -> anyhow::Result<usize> {
     let mut conn = db::connect(database_url)?;
     let mut publisher = Publisher::connect(amqp_url, topology)?;
     let published = drain(&mut conn, &mut publisher, &Shutdown::new());
@@ -120,7 +124,7 @@ pub fn run_once(database_url: &Url, amqp_url: &Url, topology: &Topology) -> anyh
 /// reconnecting to PostgreSQL and RabbitMQ with backoff.
 pub fn run(
     database_url: &Url,
-    amqp_url: &Url,
+    amqp_url: &Brokers,
     topology: &Topology,
     shutdown: &Shutdown,
     activity: &Activity,
@@ -132,7 +136,7 @@ pub fn run(
 
 fn session(
     database_url: &Url,
-    amqp_url: &Url,
+    amqp_url: &Brokers,
     topology: &Topology,
     shutdown: &Shutdown,
     activity: &Activity,

@@ -83,7 +83,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// called once per message looked at, with an estimate of the total.
 pub fn replay(
     conn: &mut PgConnection,
-    amqp_url: &url::Url,
+    amqp_url: &crate::messaging::Brokers,
     topology: &Topology,
     options: &ReplayOptions,
     progress: &dyn Fn(u64, u64),
@@ -93,7 +93,7 @@ pub fn replay(
             return Err(InvalidInput::new(format!("unknown order {order_id}")).into());
         }
     }
-    let mut link = Link::open(amqp_url)?;
+    let mut link = amqp_url.open()?;
     let channel = link.open_channel()?;
     let result = replay_on(conn, &mut link, &channel, topology, options, progress);
     // Whatever happened: a close that never hangs (the broker may block

@@ -15,13 +15,12 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use chrono::Utc;
 use serde::Serialize;
-use url::Url;
 
 use crate::config::Settings;
 use crate::db::{self, notifications, outbox};
 use crate::domain::DeliveryStatus;
 use crate::messaging::management::ManagementApi;
-use crate::messaging::{self, topology::Topology, Link};
+use crate::messaging::{self, topology::Topology, Brokers};
 use crate::secrets::redact;
 
 /// The most frequent dead-letter reasons listed; the rest are summed up.
@@ -180,8 +179,8 @@ pub fn collect(
 }
 
 /// The broker's block on publishers, if any, by a probe publish.
-fn broker_blocked(url: &Url) -> anyhow::Result<Option<String>> {
-    let mut link = Link::open(url)?;
+fn broker_blocked(brokers: &Brokers) -> anyhow::Result<Option<String>> {
+    let mut link = brokers.open()?;
     let blocked = link.probe_blocked();
     link.close(None);
     Ok(blocked?.map(|blocked| blocked.to_string()))
@@ -189,8 +188,8 @@ fn broker_blocked(url: &Url) -> anyhow::Result<Option<String>> {
 
 /// Ready and consumers of every queue of the namespace, by passive declare
 /// after declaring the topology (so a fresh namespace shows zeros).
-fn broker_queues(url: &Url, topology: &Topology) -> anyhow::Result<Vec<QueueStatus>> {
-    let mut connection = messaging::connect(url)?;
+fn broker_queues(brokers: &Brokers, topology: &Topology) -> anyhow::Result<Vec<QueueStatus>> {
+    let mut connection = messaging::connect(brokers)?;
     let channel = connection.open_channel(None)?;
     topology.declare(&channel)?;
     let mut names = Vec::new();

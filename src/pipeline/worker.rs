@@ -141,8 +141,8 @@ fn exit_when_idle(
 }
 
 /// How many messages sit in the namespace's retry queues.
-fn waiting_for_retry(url: &url::Url, topology: &Topology) -> anyhow::Result<u64> {
-    let mut connection = messaging::connect(url)?;
+fn waiting_for_retry(brokers: &messaging::Brokers, topology: &Topology) -> anyhow::Result<u64> {
+    let mut connection = messaging::connect(brokers)?;
     let channel = connection.open_channel(None)?;
     let mut waiting = 0;
     for consumer in &topology.consumers {

@@ -139,7 +139,7 @@ impl TestEnv {
             .args(args)
             .current_dir(self.dir())
             .env("DATABASE_URL", self.database_url())
-            .env("AMQP_URL", self.settings.amqp_url.as_str())
+            .env("AMQP_URL", self.settings.amqp_url.to_env())
             .env("REDIS_URL", self.settings.redis_url.as_str())
             .env("SMTP_URL", self.smtp_url())
             .env("MAIL_DIR", &self.settings.mail_dir)

@@ -16,5 +16,6 @@ mod observability;
 mod operations;
 mod orders;
 mod pipeline;
+mod scale;
 mod serve;
 mod smtp;

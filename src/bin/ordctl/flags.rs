@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use ordctl::error::InvalidInput;
 use ordctl::messaging::management::ManagementApi;
+use ordctl::messaging::Brokers;
 use url::Url;
 
 /// `--management-url`, for the commands that read the RabbitMQ management
@@ -11,7 +12,7 @@ use url::Url;
 #[derive(clap::Args)]
 pub struct Management {
     /// RabbitMQ management API, e.g. http://user:pass@rabbit:15672 (default:
-    /// derived from the AMQP URL).
+    /// derived from the first AMQP URL).
     #[arg(
         long,
         env = "ORDCTL_MANAGEMENT_URL",
@@ -25,7 +26,7 @@ impl Management {
     /// The API at `--management-url`, or the one behind the AMQP URL. The
     /// flag is parsed here, not by clap, so that a malformed one is
     /// reported with its password masked.
-    pub fn api(&self, amqp_url: &Url) -> Result<ManagementApi, InvalidInput> {
+    pub fn api(&self, brokers: &Brokers) -> Result<ManagementApi, InvalidInput> {
         let base = self
             .management_url
             .as_deref()
@@ -38,7 +39,7 @@ impl Management {
                 })
             })
             .transpose()?;
-        ManagementApi::new(amqp_url, base.as_ref())
+        ManagementApi::new(brokers.first(), base.as_ref())
     }
 }
 

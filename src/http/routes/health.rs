@@ -70,15 +70,8 @@ fn check_postgres(state: &AppState) -> anyhow::Result<()> {
 }
 
 fn check_rabbitmq(state: &AppState) -> anyhow::Result<()> {
-    let mut url = state.settings.amqp_url.clone();
-    if !url
-        .query_pairs()
-        .any(|(key, _)| key == "connection_timeout")
-    {
-        url.query_pairs_mut()
-            .append_pair("connection_timeout", &CHECK_TIMEOUT.as_millis().to_string());
-    }
-    let connection = crate::messaging::connect(&url)?;
+    let brokers = state.settings.amqp_url.with_connect_timeout(CHECK_TIMEOUT);
+    let connection = crate::messaging::connect(&brokers)?;
     connection.close().context("closing the check connection")?;
     Ok(())
 }

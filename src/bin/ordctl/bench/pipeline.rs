@@ -328,7 +328,7 @@ fn count_sent(conn: &mut PgConnection, after_id: i64) -> anyhow::Result<u64> {
 pub fn worker_env(settings: &Settings) -> Vec<(&'static str, String)> {
     let mut env = vec![
         ("DATABASE_URL", settings.database_url.to_string()),
-        ("AMQP_URL", settings.amqp_url.to_string()),
+        ("AMQP_URL", settings.amqp_url.to_env()),
         ("REDIS_URL", settings.redis_url.to_string()),
         ("MAIL_FROM", settings.mail_from.to_string()),
         ("ORDCTL_NAMESPACE", settings.namespace.to_string()),

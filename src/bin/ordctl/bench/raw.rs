@@ -169,7 +169,7 @@ fn available_cores() -> u64 {
 }
 
 /// Declares the bench-only queue (durable, on the default exchange).
-pub fn declare_queue(url: &Url, queue: &str) -> anyhow::Result<()> {
+pub fn declare_queue(url: &messaging::Brokers, queue: &str) -> anyhow::Result<()> {
     let mut connection = messaging::connect(url)?;
     let channel = connection.open_channel(None)?;
     channel.queue_declare(
@@ -188,7 +188,7 @@ pub fn declare_queue(url: &Url, queue: &str) -> anyhow::Result<()> {
 /// connections, waiting for the broker's confirms after every `window`
 /// messages (1: confirm each, as the pipeline does).
 pub fn amqp_publish(
-    url: &Url,
+    url: &messaging::Brokers,
     queue: &str,
     count: u64,
     concurrency: u16,
@@ -243,7 +243,7 @@ pub fn amqp_publish(
 /// channels of one connection (as the worker does), with `prefetch`
 /// unacked messages allowed per channel.
 pub fn amqp_consume(
-    url: &Url,
+    url: &messaging::Brokers,
     queue: &str,
     count: u64,
     concurrency: u16,

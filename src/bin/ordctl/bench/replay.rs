@@ -13,7 +13,6 @@ use ordctl::messaging::consumer::headers;
 use ordctl::messaging::topology::Topology;
 use ordctl::messaging::{self, Confirms, Outgoing};
 use ordctl::pipeline::replay::{self, ReplayOptions};
-use url::Url;
 
 use super::measure::{Rate, Stopwatch};
 use super::raw;
@@ -27,7 +26,7 @@ const SETUP_WINDOW: usize = 500;
 /// it does for real ones), with the failure headers.
 pub fn dead_letter(
     conn: &mut PgConnection,
-    amqp_url: &Url,
+    amqp_url: &messaging::Brokers,
     topology: &Topology,
     count: u64,
 ) -> anyhow::Result<()> {
@@ -84,7 +83,7 @@ pub fn dead_letter(
 /// run must move all `count` and leave the DLQ empty.
 pub fn measure(
     conn: &mut PgConnection,
-    amqp_url: &Url,
+    amqp_url: &messaging::Brokers,
     topology: &Topology,
     count: u64,
 ) -> anyhow::Result<Rate> {

@@ -14,7 +14,8 @@ use crate::output;
 /// outbox backlog, deliveries by status and the dead letters by reason.
 ///
 /// `unacked` comes from the RabbitMQ management API (derived from the AMQP
-/// URL: http://HOST:15672 with its credentials) and is unknown without it.
+/// URL: http://HOST:15672, or the AMQP port + 10000 for another port, with
+/// its credentials; the first URL of a list) and is unknown without it.
 /// Examples: `ordctl status --json`, `ordctl status --watch 2`
 #[derive(clap::Args)]
 pub struct Args {
