@@ -23,4 +23,5 @@ pub mod orders;
 pub mod pipeline;
 pub mod reconnect;
 pub mod secrets;
+pub mod send_rate;
 pub mod shutdown;

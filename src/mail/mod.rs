@@ -15,6 +15,7 @@ use lettre::{FileTransport, Message, Transport};
 use self::smtp::SmtpPool;
 use crate::config::SmtpSettings;
 use crate::messaging::consumer::HandleError;
+use crate::send_rate::SendRate;
 
 /// Why an email was not sent; decides retry versus dead letter.
 #[derive(Debug, thiserror::Error)]
@@ -29,19 +30,32 @@ pub enum MailError {
     /// (refused connection, failed TLS, rejected credentials).
     #[error("{0}")]
     Unavailable(String),
+    /// Not this message: the provider says we send too fast (421, 454).
+    #[error("{0}")]
+    Throttled(String),
 }
 
 /// How the consumer runtime treats a mail failure: each kind of
-/// [`MailError`] is the [`HandleError`] of the same name.
+/// [`MailError`] is the [`HandleError`] of the same name, and a throttled
+/// send is held like an outage, without using an attempt, while the send
+/// rate slows down.
 pub fn mail_error(error: MailError) -> HandleError {
     match error {
         MailError::Transient(text) => HandleError::Transient(anyhow!(text)),
         MailError::Permanent(text) => HandleError::Permanent(anyhow!(text)),
-        MailError::Unavailable(text) => HandleError::Unavailable(anyhow!(text)),
+        MailError::Unavailable(text) | MailError::Throttled(text) => {
+            HandleError::Unavailable(anyhow!(text))
+        }
     }
 }
 
-pub enum Mailer {
+/// Sends emails, at most at the fleet's send rate when one is set.
+pub struct Mailer {
+    via: Via,
+    rate: Option<SendRate>,
+}
+
+enum Via {
     Smtp(Box<SmtpPool>),
     Files(FileTransport, PathBuf),
 }
@@ -57,19 +71,46 @@ impl Mailer {
         let Some(smtp) = smtp else {
             std::fs::create_dir_all(mail_dir)
                 .with_context(|| format!("creating mail directory {}", mail_dir.display()))?;
-            return Ok(Self::Files(
+            return Ok(Self::with(Via::Files(
                 FileTransport::new(mail_dir),
                 mail_dir.to_path_buf(),
-            ));
+            )));
         };
-        Ok(Self::Smtp(Box::new(SmtpPool::new(
+        Ok(Self::with(Via::Smtp(Box::new(SmtpPool::new(
             smtp,
             pool_size as usize,
-        )?)))
+        )?))))
     }
 
-    /// Sends one email; returns the server's reply (or where the file went).
+    fn with(via: Via) -> Self {
+        Self { via, rate: None }
+    }
+
+    /// Every send waits for its turn under `rate`, and a throttling reply
+    /// slows it down.
+    pub fn limited_by(self, rate: SendRate) -> Self {
+        Self {
+            rate: Some(rate),
+            ..self
+        }
+    }
+
+    /// Sends one email, once the send rate allows; returns the server's
+    /// reply (or where the file went).
     pub fn send(&self, email: &Message) -> Result<String, MailError> {
+        if let Some(rate) = &self.rate {
+            rate.acquire();
+        }
+        let sent = self.via.send(email);
+        if let (Err(MailError::Throttled(_)), Some(rate)) = (&sent, &self.rate) {
+            rate.throttled();
+        }
+        sent
+    }
+}
+
+impl Via {
+    fn send(&self, email: &Message) -> Result<String, MailError> {
         match self {
             Self::Smtp(pool) => pool.send(email),
             Self::Files(transport, dir) => match transport.send(email) {

@@ -300,12 +300,14 @@ impl SmtpPool {
         MailError::Unavailable(format!("{doing} at {}: {error}", self.server()))
     }
 
-    /// A failed send: 530/535 mean our credentials (an outage), other
-    /// replies are about this message, and a lost connection is transient.
+    /// A failed send: 530/535 mean our credentials (an outage), 421/454
+    /// the provider's throttling, other replies are about this message,
+    /// and a lost connection is transient.
     fn classify_send_error(&self, error: &StepError) -> MailError {
         let text = error.to_string();
         match error.status().map(|code| code.to_string()) {
             Some(code) if code == "530" || code == "535" => auth_failed(&text),
+            Some(code) if code == "421" || code == "454" => MailError::Throttled(text),
             _ if error.is_permanent() => MailError::Permanent(text),
             Some(_) => MailError::Transient(text),
             None => MailError::Transient(format!("sending to {}: {text}", self.server())),

@@ -17,6 +17,7 @@ use crate::mail::Mailer;
 use crate::messaging;
 use crate::messaging::consumer::{self, RunOptions};
 use crate::messaging::topology::Topology;
+use crate::send_rate::SendRate;
 use crate::shutdown::{Activity, Shutdown};
 
 #[derive(Clone, Debug)]
@@ -29,6 +30,9 @@ pub struct WorkerOptions {
     pub payment_fail_rate: f64,
     pub relay: bool,
     pub exit_when_idle: Option<Duration>,
+    /// Emails a second across every worker of the namespace (see
+    /// [`SendRate`]); `None`: as fast as they come.
+    pub max_send_rate: Option<f64>,
 }
 
 /// Runs `consumers` until `shutdown` (a signal) or, with `exit_when_idle`,
@@ -54,10 +58,7 @@ pub fn run(
             settings.namespace.clone(),
             slots,
         )?),
-        mailer: Arc::new(
-            Mailer::new(settings.smtp.as_ref(), &settings.mail_dir, slots)
-                .context("setting up the mailer")?,
-        ),
+        mailer: Arc::new(mailer(settings, slots, options.max_send_rate)?),
         sent_marks: Arc::new(SentMarks::new(
             &settings.redis_url,
             settings.namespace.clone(),
@@ -111,6 +112,20 @@ pub fn run(
         shutdown.trigger();
     });
     Ok(())
+}
+
+/// The mailer, limited to the fleet's send rate when there is one.
+fn mailer(settings: &Settings, slots: u32, max_send_rate: Option<f64>) -> anyhow::Result<Mailer> {
+    let mailer = Mailer::new(settings.smtp.as_ref(), &settings.mail_dir, slots)
+        .context("setting up the mailer")?;
+    Ok(match max_send_rate {
+        Some(rate) => mailer.limited_by(SendRate::new(
+            &settings.redis_url,
+            &settings.namespace,
+            rate,
+        )?),
+        None => mailer,
+    })
 }
 
 /// Triggers `shutdown` once nothing happened for `idle` and no message

@@ -76,3 +76,75 @@ fn a_malformed_node_in_the_list_is_invalid_input_with_its_password_masked() {
     assert!(run.stderr.contains("--amqp-url"), "{}", run.stderr);
     assert!(!run.output().contains("hunter2"), "{}", run.output());
 }
+
+#[test]
+fn three_workers_with_a_shared_max_send_rate_of_50_send_50_a_second_together() {
+    const ORDERS: i64 = 500;
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    // Every order waits in the queue before the workers start, so they are
+    // never short of work and the rate is the limit's alone.
+    env.ordctl([
+        "place-order",
+        "--count",
+        &ORDERS.to_string(),
+        "--amount",
+        "42",
+        "--json",
+    ])
+    .assert_code(0);
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            env.spawn_worker(&[
+                "--consumers",
+                "notifications",
+                // 8 slots × 16 prefetched: no worker can take every
+                // message before the others start.
+                "--concurrency",
+                "8",
+                "--max-send-rate",
+                "50",
+                "--exit-when-idle",
+                "3",
+            ])
+        })
+        .collect();
+    for worker in workers {
+        worker.wait().assert_code(0);
+    }
+
+    let sent = env.scalar(
+        "SELECT count(*) AS n FROM notifications WHERE consumer = 'notifications' AND status = 'sent'",
+    );
+    // A confirmation per order, and a cancellation per declined payment.
+    assert!(sent >= ORDERS, "{sent} sent");
+    assert_eq!(env.emails().len(), sent as usize);
+    // From the first send to the last, by the delivery log's clock.
+    let span_ms = env.scalar(
+        "SELECT (extract(epoch FROM max(sent_at) - min(sent_at)) * 1000)::int8 AS n \
+         FROM notifications WHERE consumer = 'notifications'",
+    );
+    let rate = (sent - 1) as f64 * 1000.0 / span_ms as f64;
+    eprintln!("{sent} emails in {span_ms} ms: {rate:.1}/s");
+    assert!(
+        (45.0..=55.0).contains(&rate),
+        "{sent} emails in {span_ms} ms: {rate:.1}/s, not 50/s ± 10 %"
+    );
+    // The three shared one bucket and saw each other.
+    let seen: i64 = redis::cmd("ZCARD")
+        .arg(env.redis_key("send-rate:workers"))
+        .query(&mut env.redis())
+        .expect("reading the heartbeat set");
+    assert_eq!(seen, 3);
+}
+
+#[test]
+fn a_send_rate_that_is_not_a_positive_number_is_invalid_input() {
+    let env = TestEnv::new();
+    for bad in ["0", "-5", "fast", "inf"] {
+        let run = env
+            .ordctl(["worker", &format!("--max-send-rate={bad}")])
+            .assert_code(2);
+        assert!(run.stderr.contains("--max-send-rate"), "{}", run.stderr);
+    }
+}

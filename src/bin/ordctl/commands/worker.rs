@@ -15,7 +15,9 @@ use crate::flags;
 ///
 /// Also runs the outbox relay unless --no-relay. Examples:
 /// `ordctl worker --exit-when-idle 3`,
-/// `ordctl worker --consumers notifications,payments --concurrency 8`
+/// `ordctl worker --consumers notifications,payments --concurrency 8`,
+/// `ordctl worker --max-send-rate 50` (the provider's limit, shared by
+/// every worker of the namespace)
 #[derive(clap::Args)]
 pub struct Args {
     /// Run only these consumers (comma-separated); default: all of them.
@@ -42,6 +44,14 @@ pub struct Args {
     /// 10.13.)
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = fail_rate)]
     payment_fail_rate: f64,
+
+    /// Send at most N emails a second across every worker of the namespace,
+    /// as the email provider allows (fractions allowed, e.g. 0.5). Shared
+    /// through Redis; an SMTP 421/454 (the provider throttling) halves it
+    /// for 30 s instead of using up attempts; with Redis down each worker
+    /// sends at its share, N / the workers it last saw. Default: no limit.
+    #[arg(long, env = "ORDCTL_MAX_SEND_RATE", value_name = "N", value_parser = send_rate)]
+    max_send_rate: Option<f64>,
 
     /// Do not run the outbox relay in this process.
     #[arg(long)]
@@ -74,6 +84,7 @@ impl Args {
             payment_fail_rate: self.payment_fail_rate,
             relay: !self.no_relay,
             exit_when_idle: self.exit_when_idle,
+            max_send_rate: self.max_send_rate,
         };
         let consumers = consumers::select(&self.consumers)?;
         let topology = ctx.topology();
@@ -92,5 +103,14 @@ fn fail_rate(raw: &str) -> Result<f64, String> {
     match raw.parse::<f64>() {
         Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
         _ => Err(format!("{raw:?} is not a probability from 0 to 1")),
+    }
+}
+
+fn send_rate(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.01 => Ok(rate),
+        _ => Err(format!(
+            "{raw:?} is not a number of emails per second (0.01 or more)"
+        )),
     }
 }
