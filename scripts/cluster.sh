@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: scripts/cluster.sh start|stop|status|kill N
+# Usage: scripts/cluster.sh start|stop|status|kill N|destroy
 #
 # A three-node RabbitMQ cluster on this machine, without Docker, to try
 # quorum queues and failover: nodes ordctl-1@localhost … ordctl-3@localhost
@@ -14,17 +14,21 @@
 #   stop    stops these three nodes (and only them)
 #   status  each node: running or not, and the cluster's running members
 #   kill N  SIGKILLs node N (1-3), as a crash would; `start` brings it back
+#   destroy stops the nodes and deletes their data, logs and cookie
 #
 # Idempotent: `start` on a running cluster only prints the settings again.
-# $ORDCTL_CLUSTER_PORT moves the AMQP ports (default 5681: 5681, 5682, 5683).
+# $ORDCTL_CLUSTER_PORT moves the AMQP ports (default 5681: 5681, 5682, 5683)
+# and $ORDCTL_CLUSTER_NAME the node names (default ordctl: ordctl-1@localhost),
+# so a second cluster (the fault suite's) can run beside the first.
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DIR=${ORDCTL_CLUSTER_DIR:-/var/tmp/ordctl-cluster}
 BASE_PORT=${ORDCTL_CLUSTER_PORT:-5681}
+NAME=${ORDCTL_CLUSTER_NAME:-ordctl}
 NODES=(1 2 3)
 
-node_name() { printf 'ordctl-%s@localhost' "$1"; }
+node_name() { printf '%s-%s@localhost' "$NAME" "$1"; }
 amqp_port() { printf '%s' $((BASE_PORT + $1 - 1)); }
 node_dir() { printf '%s/node-%s' "$DIR" "$1"; }
 
@@ -191,13 +195,20 @@ kill_node() {
   as_root kill -9 "$pid" 2>/dev/null || log "node $n was not running"
 }
 
+destroy() {
+  stop
+  log "deleting $DIR"
+  as_root rm -rf "$DIR"
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
   kill) kill_node "${2:-}" ;;
+  destroy) destroy ;;
   *)
-    echo "usage: scripts/cluster.sh start|stop|status|kill N" >&2
+    echo "usage: scripts/cluster.sh start|stop|status|kill N|destroy" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,7 @@
 //! The fault suite: the pipeline under SIGKILL, a RabbitMQ restart, a
 //! PostgreSQL restart, a Redis outage, an SMTP server answering 451 and
-//! then 550, always against real services. A scenario that stops a service
+//! then 550, a node of a three-node RabbitMQ cluster SIGKILLed, always
+//! against real services. A scenario that stops a service
 //! starts its own instance of it on another port, never disturbing the
 //! shared one. Each scenario prints orders placed, unique emails received
 //! (by Message-ID), duplicates and dead letters, and fails on any loss.
@@ -22,7 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{free_port, wait_until, Email, Running, SmtpSink, TestEnv};
-use services::{PostfixSink, PostgresCluster, RabbitNode, RedisServer};
+use services::{Cluster, PostfixSink, PostgresCluster, RabbitNode, RedisServer};
 
 /// How long a scenario may wait for the pipeline to catch up.
 const CATCH_UP: Duration = Duration::from_secs(180);
@@ -558,4 +559,91 @@ fn a_postgresql_restart_under_load_loses_nothing() {
     // A send whose delivery transaction died with the server is not sent
     // again: its mark in Redis (up all along) records it on redelivery.
     assert_eq!(tally.duplicates, 0, "{} duplicates", tally.duplicates);
+}
+
+/// Orders of the cluster scenario: enough for the kill to land while
+/// orders are placed and emailed, few enough for CI (the benchmark takes
+/// more).
+const CLUSTER_ORDERS: usize = 2000;
+/// Slots (consumers) per worker in the cluster scenario.
+const SLOTS: u32 = 4;
+
+#[test]
+fn a_cluster_node_sigkilled_mid_run_loses_no_order_and_every_process_carries_on() {
+    let _serial = one_at_a_time();
+    let cluster = Cluster::start();
+    let env = TestEnv::on_cluster(&cluster.urls_from(1));
+    env.migrate_and_seed();
+    let from = |node: usize| cluster.urls_from(node);
+
+    // Three workers, each connected first to another node, and two relays.
+    let workers: Vec<Running> = (1..=3)
+        .map(|node| {
+            env.spawn([
+                "worker",
+                "--no-relay",
+                "--concurrency",
+                &SLOTS.to_string(),
+                "--amqp-url",
+                &from(node),
+            ])
+        })
+        .collect();
+    let relays: Vec<Running> = [1, 2]
+        .into_iter()
+        .map(|node| env.spawn(["relay", "--amqp-url", &from(node)]))
+        .collect();
+    let placer = env.spawn([
+        "place-order",
+        "--count",
+        &CLUSTER_ORDERS.to_string(),
+        "--concurrency",
+        "2",
+        "--amount",
+        "5",
+        "--amqp-url",
+        &from(1),
+    ]);
+    wait_until("some emails before the kill", CATCH_UP, || {
+        env.emails().len() >= 200
+    });
+    // Node 1: place-order's, a worker's and a relay's first node, and where
+    // the quorum queues' leaders were declared.
+    cluster.kill(1);
+    std::thread::sleep(Duration::from_secs(5));
+    cluster.restart();
+    placer.wait().assert_code(0);
+
+    let emails = wait_for_all_emails(&env, || env.emails());
+    // Every worker reconnected without a restart: each of the three
+    // consumes again on every one of its slots.
+    wait_until("every worker's slots consuming again", CATCH_UP, || {
+        env.queue_consumers(&env.work_queue()) == 3 * SLOTS
+    });
+    // Both relays still publish: an order the broker never saw (placed
+    // with no broker reachable) is emailed.
+    let unpublished = env.place_order(2, "7", &["--amqp-url", common::DOWN_AMQP_URL]);
+    assert_eq!(unpublished["published"], false);
+    let emails_after = wait_for_all_emails(&env, || env.emails());
+    assert_eq!(emails_after.len(), emails.len() + 1);
+
+    let status = env.ordctl(["status", "--json"]).assert_code(0).json();
+    assert_eq!(status["outbox"]["pending"], 0, "{status}");
+    assert_eq!(status["dlq"], 0, "{status}");
+
+    for process in workers.into_iter().chain(relays) {
+        process.terminate();
+        process.wait().assert_code(0);
+    }
+    let tally = tally("cluster node sigkill", &env, &emails_after);
+    assert_eq!(tally.placed, CLUSTER_ORDERS + 1);
+    assert_eq!(tally.dead, 0);
+    // No process was killed, only a broker node: a message redelivered
+    // from the dead node's connections finds its delivery recorded.
+    assert_eq!(
+        tally.duplicates, 0,
+        "only a broker node died: no duplicate is acceptable"
+    );
+    drop(env);
+    drop(cluster);
 }

@@ -62,6 +62,12 @@ impl TestEnv {
     /// Like [`TestEnv::new`], with the database on another PostgreSQL
     /// server (`postgres://user@host:port`), e.g. one a scenario restarts.
     pub fn on_postgres(server: &str) -> Self {
+        Self::on(server, AMQP_URL, QueueType::Classic)
+    }
+
+    /// The env on PostgreSQL `server` and the RabbitMQ node(s) `amqp_url`,
+    /// with queues of `queue_type`.
+    pub fn on(server: &str, amqp_url: &str, queue_type: QueueType) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let dir = tempfile::Builder::new()
             .prefix(&format!("ordctl-test-{id}-"))
@@ -70,13 +76,13 @@ impl TestEnv {
         let smtp = SmtpSink::start(dir.path());
         let args = SettingsArgs {
             database_url: format!("{server}/ordctl_t_{id}"),
-            amqp_url: AMQP_URL.into(),
+            amqp_url: amqp_url.into(),
             redis_url: REDIS_URL.into(),
             smtp_url: Some(smtp.url()),
             mail_dir: dir.path().join("mail"),
             mail_from: "Orders <orders@example.com>".into(),
             namespace: format!("t_{id}"),
-            queue_type: QueueType::Classic,
+            queue_type,
         };
         let settings = Settings::parse(&args).expect("valid test settings");
         Self {
@@ -147,6 +153,9 @@ impl TestEnv {
             .stdin(Stdio::null());
         for var in FOREIGN_VARS {
             command.env_remove(var);
+        }
+        if self.settings.queue_type == QueueType::Quorum {
+            command.env("ORDCTL_QUEUE_TYPE", "quorum");
         }
         command
     }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::common::{free_port, wait_until};
+use super::common::{free_port, wait_until, TestEnv, POSTGRES_SERVER};
+use ordctl::messaging::topology::QueueType;
 
 /// A RabbitMQ node of the scenario's own, on free ports, with its own data
 /// directory: stopping it never disturbs the shared broker.
@@ -291,5 +292,90 @@ impl Drop for PostgresCluster {
     fn drop(&mut self) {
         let pg_ctl = format!("{}/pg_ctl", Self::BIN);
         self.as_postgres(&pg_ctl, &["-D", &self.data(), "-m", "immediate", "stop"]);
+    }
+}
+
+/// A three-node RabbitMQ cluster of the suite's own, run by
+/// `scripts/cluster.sh` (node names `ordctl-faults-N@localhost`, AMQP ports
+/// 5691-5693, its own data directory): stopping or killing one of its nodes
+/// never disturbs the shared broker, nor a cluster a developer runs.
+pub struct Cluster {
+    urls: String,
+}
+
+impl Cluster {
+    const ENV: [(&'static str, &'static str); 3] = [
+        ("ORDCTL_CLUSTER_NAME", "ordctl-faults"),
+        ("ORDCTL_CLUSTER_PORT", "5691"),
+        ("ORDCTL_CLUSTER_DIR", "/var/tmp/ordctl-cluster-faults"),
+    ];
+
+    /// Starts the nodes (again) and joins them; waits until all three run.
+    pub fn start() -> Self {
+        let output = Self::script(&["start"]);
+        let urls = output
+            .lines()
+            .find_map(|line| line.strip_prefix("export AMQP_URL="))
+            .map(|quoted| quoted.trim_matches('\'').to_string())
+            .unwrap_or_else(|| panic!("no AMQP_URL in cluster.sh's output: {output}"));
+        Self { urls }
+    }
+
+    /// The AMQP URL list, starting with node `first` (1-3), then the others
+    /// in turn: each process of a scenario can be pointed at another node.
+    pub fn urls_from(&self, first: usize) -> String {
+        let urls: Vec<&str> = self.urls.split(',').collect();
+        let n = urls.len();
+        (0..n)
+            .map(|step| urls[(first - 1 + step) % n])
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts the nodes that are not running (a killed one) and waits
+    /// until the three form the cluster again.
+    pub fn restart(&self) {
+        Self::script(&["start"]);
+    }
+
+    /// SIGKILLs node `n`, as a crash would.
+    pub fn kill(&self, n: usize) {
+        Self::script(&["kill", &n.to_string()]);
+    }
+
+    fn script(args: &[&str]) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster.sh");
+        let output = Command::new(&script)
+            .args(args)
+            .envs(Self::ENV)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running scripts/cluster.sh");
+        assert!(
+            output.status.success(),
+            "scripts/cluster.sh {args:?} failed"
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl TestEnv {
+    /// A [`TestEnv`] on the RabbitMQ nodes `amqp_urls` (a comma-separated
+    /// list), with quorum queues.
+    pub fn on_cluster(amqp_urls: &str) -> Self {
+        Self::on(POSTGRES_SERVER, amqp_urls, QueueType::Quorum)
+    }
+}
+
+impl Drop for Cluster {
+    /// Stops the nodes and deletes their data, unless the scenario failed
+    /// (then their logs stay for a look, and the nodes are only stopped).
+    fn drop(&mut self) {
+        let action = if std::thread::panicking() {
+            "stop"
+        } else {
+            "destroy"
+        };
+        let _ = std::panic::catch_unwind(|| Self::script(&[action]));
     }
 }
