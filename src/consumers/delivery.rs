@@ -42,7 +42,7 @@ pub enum Outcome {
 /// does nothing; the effect's database writes commit with the `sent` mark.
 ///
 /// The commit does not wait for the disk: [`make_durable`] runs before its
-/// message is acked (see [`Logged`](super::Logged)), so one flush covers
+/// message is acked (see [`Logged`](super::handler::Logged)), so one flush covers
 /// every delivery a slot handled since. The mark is visible to
 /// other transactions at once, so a redelivery still finds it `sent`.
 pub fn once(

@@ -12,7 +12,7 @@ use lettre::Message as Email;
 use uuid::Uuid;
 
 use super::delivery::{self, db_error, Delivery};
-use super::{Consume, Consumer, Logged};
+use super::handler::{Consume, Consumer, Logged};
 use crate::cache::{SentMarks, UserCache};
 use crate::db::models::User;
 use crate::db::PgPool;

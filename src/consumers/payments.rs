@@ -18,7 +18,7 @@ use diesel::PgConnection;
 use uuid::Uuid;
 
 use super::delivery::{self, db_error, Delivery};
-use super::{Consume, Consumer, Logged};
+use super::handler::{Consume, Consumer, Logged};
 use crate::cache::ProductCache;
 use crate::db::models::NewPayment;
 use crate::db::{orders, payments, PgPool};

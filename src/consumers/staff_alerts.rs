@@ -10,7 +10,7 @@ use lettre::message::Mailbox;
 use uuid::Uuid;
 
 use super::delivery::{self, Delivery};
-use super::{Consume, Consumer, Logged};
+use super::handler::{Consume, Consumer, Logged};
 use crate::cache::SentMarks;
 use crate::db::PgPool;
 use crate::domain::{OrderId, StockLow, STOCK_LOW};
