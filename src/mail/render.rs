@@ -4,7 +4,7 @@
 use lettre::message::{header::ContentType, Mailbox};
 use lettre::Message;
 
-use super::MailError;
+use super::error::MailError;
 use crate::db::models::User;
 use uuid::Uuid;
 

@@ -34,7 +34,7 @@ use lettre::Message;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::MailError;
+use super::error::MailError;
 
 use crate::config::{SmtpSettings, SmtpTls};
 
