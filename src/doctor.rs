@@ -14,7 +14,7 @@ use crate::db;
 use crate::mail;
 use crate::messaging::management::ManagementApi;
 use crate::messaging::topology::Topology;
-use crate::messaging::{Brokers, Link};
+use crate::messaging::{self, Brokers, Link};
 use crate::secrets::redact;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -179,7 +179,7 @@ fn rabbitmq(settings: &Settings, topology: &Topology) -> Vec<Check> {
         }
     };
     let url = redact(settings.amqp_url.current());
-    checks.push(match link.probe_blocked() {
+    checks.push(match messaging::probe_blocked(&mut link) {
         Ok(None) => Check::ok(NAME, format!("{url}: reachable, accepting publishes")),
         Ok(Some(blocked)) => Check::fail(
             NAME,

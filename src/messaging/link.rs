@@ -175,37 +175,10 @@ impl Link {
         true
     }
 
-    /// Whether the broker blocks publishers right now: publishes one empty
-    /// message that no queue receives (default exchange, a routing key
-    /// naming no queue) and waits for its confirm. A broker under a memory
-    /// or disk alarm blocks it instead, and says why.
-    pub fn probe_blocked(&mut self) -> anyhow::Result<Option<BrokerBlocked>> {
-        let channel = self.open_channel()?;
-        let mut confirms = super::Confirms::enable(&channel)?;
-        let probe = super::Outgoing::new(
-            format!("ordctl.probe.{}", uuid::Uuid::new_v4().simple()),
-            "ordctl-probe",
-            Vec::new(),
-        );
-        match confirms.publish_watching(&channel, self, "", &[probe]) {
-            Ok(()) => {
-                let _ = channel.close();
-                Ok(None)
-            }
-            Err(error) => match error
-                .chain()
-                .find_map(|c| c.downcast_ref::<BrokerBlocked>())
-            {
-                // The channel stays with the blocked connection: closing
-                // it would wait for the alarm; `close` cuts them both.
-                Some(blocked) => {
-                    let blocked = blocked.clone();
-                    self.stuck.push(channel);
-                    Ok(Some(blocked))
-                }
-                None => Err(error),
-            },
-        }
+    /// Keeps a channel of a blocked connection until [`Link::close`]:
+    /// closing it alone would wait for the alarm; `close` cuts them both.
+    pub fn keep_stuck(&mut self, channel: Channel) {
+        self.stuck.push(channel);
     }
 
     /// Closes `channel` and the connection: gracefully if the broker

@@ -176,6 +176,37 @@ impl Confirms {
     }
 }
 
+/// Whether the broker blocks publishers right now: publishes one empty
+/// message that no queue receives (default exchange, a routing key naming
+/// no queue) and waits for its confirm. A broker under a memory or disk
+/// alarm blocks it instead, and says why.
+pub fn probe_blocked(link: &mut Link) -> anyhow::Result<Option<BrokerBlocked>> {
+    let channel = link.open_channel()?;
+    let mut confirms = Confirms::enable(&channel)?;
+    let probe = Outgoing::new(
+        format!("ordctl.probe.{}", uuid::Uuid::new_v4().simple()),
+        "ordctl-probe",
+        Vec::new(),
+    );
+    match confirms.publish_watching(&channel, link, "", &[probe]) {
+        Ok(()) => {
+            let _ = channel.close();
+            Ok(None)
+        }
+        Err(error) => match error
+            .chain()
+            .find_map(|c| c.downcast_ref::<BrokerBlocked>())
+        {
+            Some(blocked) => {
+                let blocked = blocked.clone();
+                link.keep_stuck(channel);
+                Ok(Some(blocked))
+            }
+            None => Err(error),
+        },
+    }
+}
+
 /// How many messages are ready in `queue` and how many consumers it has,
 /// read without touching a message (a passive declare).
 pub fn queue_counts(channel: &Channel, queue: &str) -> anyhow::Result<(u64, u64)> {

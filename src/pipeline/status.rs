@@ -181,7 +181,7 @@ pub fn collect(
 /// The broker's block on publishers, if any, by a probe publish.
 fn broker_blocked(brokers: &Brokers) -> anyhow::Result<Option<String>> {
     let mut link = brokers.open()?;
-    let blocked = link.probe_blocked();
+    let blocked = messaging::probe_blocked(&mut link);
     link.close(None);
     Ok(blocked?.map(|blocked| blocked.to_string()))
 }
