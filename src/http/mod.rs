@@ -1,9 +1,11 @@
 //! `ordctl serve`: the HTTP API and the live admin dashboard, on axum.
 //!
 //! Handlers are thin: they parse the request into domain types and call the
-//! same library functions as the CLI. Diesel and amiquip calls block, so
-//! they run on tokio's blocking pool (`spawn_blocking`), never on the async
-//! worker threads.
+//! same library functions as the CLI. Diesel calls block, so they run on
+//! tokio's blocking pool (`spawn_blocking`), never on the async worker
+//! threads; publishes go through the publishing threads
+//! ([`crate::pipeline::publishing`]), which confirm many requests' events
+//! under one wait while the requests await their answer.
 
 pub mod auth;
 pub mod error;
@@ -30,6 +32,7 @@ use crate::config::Settings;
 use crate::db::{self, PgPool};
 use crate::feed::Feed;
 use crate::messaging::publisher::PublisherPool;
+use crate::pipeline::publishing::Publishing;
 use crate::shutdown::Shutdown;
 use auth::{AdminToken, Sessions};
 
@@ -55,7 +58,9 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub settings: Settings,
     pub pool: PgPool,
-    pub publishers: PublisherPool,
+    /// Publishes what requests committed, many requests under one
+    /// confirm wait.
+    pub publishing: Publishing,
     /// `GET /products/{id}` reads through it; stock changes invalidate it.
     pub products: ProductCache,
     pub feed: Feed,
@@ -76,7 +81,7 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// Runs blocking work (diesel, amiquip) on the blocking pool.
+    /// Runs blocking work (diesel) on the blocking pool.
     pub async fn blocking<T, F>(&self, work: F) -> Result<T, error::ApiError>
     where
         T: Send + 'static,
@@ -177,7 +182,10 @@ pub fn serve(
     let state = AppState(Arc::new(Inner {
         settings: settings.clone(),
         pool,
-        publishers: PublisherPool::new(&settings.amqp_url, crate::pipeline::topology(settings)),
+        publishing: Publishing::start(
+            &settings.database_url,
+            PublisherPool::new(&settings.amqp_url, crate::pipeline::topology(settings)),
+        )?,
         products: ProductCache::new(
             &settings.redis_url,
             settings.namespace.clone(),
@@ -205,6 +213,6 @@ pub fn serve(
     // The reader stops on the same shutdown; a failed server stops it too.
     shutdown.trigger();
     let _ = reader.join();
-    state.publishers.close();
+    state.publishing.close();
     result.context("serving HTTP")
 }

@@ -79,11 +79,11 @@ impl Drop for Publisher {
     }
 }
 
-/// Publishers shared by the threads of a server: a request takes one (or
-/// connects a new one), publishes, and gives it back. After a failed
-/// connect, requests do not try again for [`RETRY_CONNECT_AFTER`], so a
-/// down broker costs each order nothing (it stays `published: false` and
-/// the relay publishes it).
+/// Publishers shared by a server's publishing threads: a thread takes one
+/// (or connects a new one), publishes, and gives it back. After a failed
+/// connect, nobody tries again for [`RETRY_CONNECT_AFTER`], so a down
+/// broker costs each order nothing (it stays `published: false` and the
+/// relay publishes it).
 pub struct PublisherPool {
     brokers: Brokers,
     topology: Topology,

@@ -4,6 +4,7 @@ pub mod orders;
 pub mod place_order;
 pub mod products;
 pub mod prune;
+pub mod publishing;
 pub mod purge;
 pub mod reconcile;
 pub mod relay;

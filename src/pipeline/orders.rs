@@ -42,7 +42,7 @@ pub fn change_status(
 
 /// Publishes committed outbox rows under one confirm wait; a failure is
 /// logged, drops the publisher and leaves the rows to the relay.
-pub(crate) fn publish_now(
+fn publish_now(
     conn: &mut PgConnection,
     publisher: &mut Option<Publisher>,
     outbox_ids: &[i64],

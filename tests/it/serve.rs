@@ -62,6 +62,43 @@ fn posting_an_order_commits_it_publishes_it_and_answers_201() {
 }
 
 #[test]
+fn orders_posted_at_once_are_each_confirmed_and_marked_published() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let server = Server::start(&env, &[]);
+
+    // Requests that arrive together share a publish round: each must
+    // still learn that its own event was confirmed.
+    let event_ids: Vec<String> = std::thread::scope(|scope| {
+        let posts: Vec<_> = (0..24)
+            .map(|n| {
+                let server = &server;
+                scope.spawn(move || {
+                    let body = format!(r#"{{"user_id": {}, "amount": "1{n}.00"}}"#, 1 + n % 10);
+                    let created = server.post("/orders", &body, &[]);
+                    assert_eq!(created.status, 201, "{created:?}");
+                    let order = created.json();
+                    assert_eq!(order["published"], true, "{order}");
+                    order["event_id"].as_str().unwrap().to_string()
+                })
+            })
+            .collect();
+        posts.into_iter().map(|post| post.join().unwrap()).collect()
+    });
+
+    assert_eq!(env.count("outbox WHERE published_at IS NOT NULL"), 24);
+    let mut queued: Vec<String> = env
+        .take_messages(&env.work_queue())
+        .into_iter()
+        .filter_map(|message| message.message_id)
+        .collect();
+    let mut posted = event_ids;
+    queued.sort_unstable();
+    posted.sort_unstable();
+    assert_eq!(queued, posted);
+}
+
+#[test]
 fn every_bad_request_is_a_one_line_json_4xx_and_writes_nothing() {
     let env = TestEnv::new();
     env.migrate_and_seed();

@@ -111,7 +111,8 @@ struct Created {
 }
 
 /// `POST /orders`: commits the order with its outbox event (taking the
-/// items' stock in the same transaction), then publishes it (confirmed).
+/// items' stock in the same transaction), then publishes it (confirmed,
+/// together with other requests' events: [`crate::pipeline::publishing`]).
 /// 201; the broker being down still gives 201 with `published: false`. An
 /// `Idempotency-Key` placed before returns that first order with 200 and
 /// writes nothing.
@@ -131,15 +132,10 @@ pub async fn create(
         None => None,
     };
     let order = OrderBody::parse(&body, key)?;
-    let created = state
+    let (mut created, outbox_ids) = state
         .blocking(move |state| {
             let mut conn = state.conn()?;
-            let mut publisher = state.publishers.take();
-            let placed = place_order::place(&mut conn, &mut publisher, &order);
-            if let Some(publisher) = publisher {
-                state.publishers.give_back(publisher);
-            }
-            let placed = placed?;
+            let (placed, outbox_ids) = place_order::commit(&mut conn, &order)?;
             state.products.invalidate(&placed.stock_changed);
             // A replayed order may have moved on since it was placed.
             let status = match placed.replayed {
@@ -147,9 +143,13 @@ pub async fn create(
                 true => order_rows::find(&mut conn, placed.order_id)?
                     .map_or(OrderStatus::Pending, |order| order.status),
             };
-            anyhow::Ok(Created { placed, status })
+            anyhow::Ok((Created { placed, status }, outbox_ids))
         })
         .await?;
+    // A replayed order keeps what its first placing recorded.
+    if !outbox_ids.is_empty() {
+        created.placed.published = state.publishing.publish(outbox_ids).await.unwrap_or(false);
+    }
     let status = match created.placed.replayed {
         true => StatusCode::OK,
         false => StatusCode::CREATED,
@@ -261,28 +261,28 @@ pub async fn set_status(
         .status
         .parse()
         .map_err(|error: InvalidInput| ApiError::invalid(error.to_string()))?;
-    let moved = state
+    let (changed, order) = state
         .blocking(move |state| {
             let mut conn = state.conn()?;
-            let mut changed = crate::orders::set_status(&mut conn, id, to)?;
+            let changed = crate::orders::set_status(&mut conn, id, to)?;
             state.products.invalidate(&changed.released);
-            let mut publisher = state.publishers.take();
-            changed.published =
-                orders::publish_now(&mut conn, &mut publisher, &[changed.outbox_id]);
-            if let Some(publisher) = publisher {
-                state.publishers.give_back(publisher);
-            }
             let order = order_rows::find(&mut conn, id)?
                 .ok_or_else(|| anyhow::anyhow!("order {id} vanished"))?;
-            anyhow::Ok(Moved {
-                order: OrderView::try_from(order)?,
-                from: changed.from,
-                event_id: changed.event_id,
-                routing_key: changed.routing_key,
-                published: changed.published,
-            })
+            anyhow::Ok((changed, OrderView::try_from(order)?))
         })
         .await?;
+    let published = state
+        .publishing
+        .publish(vec![changed.outbox_id])
+        .await
+        .unwrap_or(false);
+    let moved = Moved {
+        order,
+        from: changed.from,
+        event_id: changed.event_id,
+        routing_key: changed.routing_key,
+        published,
+    };
     Ok(Json(serde_json::to_value(moved).expect("JSON")))
 }
 

@@ -1,0 +1,159 @@
+//! Publishing just-committed events for a server: a few threads, each with
+//! its own PostgreSQL connection and publisher, take whatever requests have
+//! queued since their last round and publish all of their events under ONE
+//! confirm wait, then tell each request whether its events were confirmed
+//! and marked published. A request holds no database connection while its
+//! publish waits, and the broker confirms many requests' messages at once
+//! (a confirm per message costs the broker several times the CPU of the
+//! message itself).
+//!
+//! Nothing changes about what is guaranteed: the events were committed
+//! with their order before they are queued here; a failed or skipped
+//! publish (broker down or blocking, a lost connection, the server
+//! stopping) answers `false` and leaves the rows to the relay.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use crossbeam_channel::{Receiver, Sender};
+use diesel::PgConnection;
+use tokio::sync::oneshot;
+use url::Url;
+
+use super::relay;
+use crate::db;
+use crate::messaging::publisher::PublisherPool;
+
+/// Publishing threads: while one waits for its confirm, the next takes the
+/// requests that arrived meanwhile.
+pub const THREADS: usize = 2;
+/// The most events one round publishes (as many as a relay batch).
+pub const MAX_ROUND: usize = relay::BATCH_SIZE as usize;
+
+/// One request's events and where its answer goes.
+struct Job {
+    outbox_ids: Vec<i64>,
+    published: oneshot::Sender<bool>,
+}
+
+/// The publishing threads. [`Publishing::close`] lets them finish what is
+/// queued and stops them.
+pub struct Publishing {
+    jobs: Mutex<Option<Sender<Job>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    publishers: Arc<PublisherPool>,
+}
+
+impl Publishing {
+    /// Starts [`THREADS`] threads. They connect on their first round, so a
+    /// server starts while the broker is down.
+    pub fn start(database_url: &Url, publishers: PublisherPool) -> anyhow::Result<Self> {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let publishers = Arc::new(publishers);
+        let threads = (0..THREADS)
+            .map(|n| {
+                let receiver = receiver.clone();
+                let publishers = publishers.clone();
+                let database_url = database_url.clone();
+                std::thread::Builder::new()
+                    .name(format!("publishing-{n}"))
+                    .spawn(move || run(&database_url, &publishers, &receiver))
+                    .context("starting a publishing thread")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            jobs: Mutex::new(Some(sender)),
+            threads: Mutex::new(threads),
+            publishers,
+        })
+    }
+
+    /// Queues committed outbox rows for publishing. The answer is `true`
+    /// once the broker confirmed every one of them and they are marked
+    /// published; `false` (or a dropped sender, once closed) when they were
+    /// not, and the relay publishes them.
+    pub fn publish(&self, outbox_ids: Vec<i64>) -> oneshot::Receiver<bool> {
+        let (published, answer) = oneshot::channel();
+        if let Some(jobs) = self.jobs.lock().expect("publishing").as_ref() {
+            // Fails only once every thread has ended: the answer is then
+            // dropped, which reads as not published.
+            let _ = jobs.send(Job {
+                outbox_ids,
+                published,
+            });
+        }
+        answer
+    }
+
+    /// Stops taking jobs, lets the threads publish what is queued, joins
+    /// them and closes the publishers.
+    pub fn close(&self) {
+        drop(self.jobs.lock().expect("publishing").take());
+        for thread in self.threads.lock().expect("publishing").drain(..) {
+            let _ = thread.join();
+        }
+        self.publishers.close();
+    }
+}
+
+/// One thread: a round per wake-up, until the queue is closed and empty.
+fn run(database_url: &Url, publishers: &PublisherPool, jobs: &Receiver<Job>) {
+    let mut conn: Option<PgConnection> = None;
+    while let Ok(first) = jobs.recv() {
+        let mut events = first.outbox_ids.len();
+        let mut round = vec![first];
+        while events < MAX_ROUND {
+            let Ok(job) = jobs.try_recv() else { break };
+            events += job.outbox_ids.len();
+            round.push(job);
+        }
+        let outbox_ids: Vec<i64> = round
+            .iter()
+            .flat_map(|job| job.outbox_ids.iter().copied())
+            .collect();
+        let published = publish_round(database_url, publishers, &mut conn, &outbox_ids);
+        for job in round {
+            // The request may have gone (its client hung up): fine.
+            let _ = job.published.send(published);
+        }
+    }
+}
+
+/// Publishes the rows under one confirm wait and marks them published. A
+/// failure is logged and drops the publisher and the connection (either
+/// may be what broke); the rows stay for the relay.
+fn publish_round(
+    database_url: &Url,
+    publishers: &PublisherPool,
+    conn: &mut Option<PgConnection>,
+    outbox_ids: &[i64],
+) -> bool {
+    if outbox_ids.is_empty() {
+        return true;
+    }
+    let Some(mut publisher) = publishers.take() else {
+        return false;
+    };
+    let result = match conn {
+        Some(connection) => relay::publish_committed(connection, &mut publisher, outbox_ids),
+        None => db::connect(database_url).and_then(|connection| {
+            relay::publish_committed(conn.insert(connection), &mut publisher, outbox_ids)
+        }),
+    };
+    match result {
+        Ok(()) => {
+            publishers.give_back(publisher);
+            true
+        }
+        Err(error) => {
+            tracing::warn!(
+                events = outbox_ids.len(),
+                "events committed but not published ({error:#}); the relay will publish them"
+            );
+            publisher.close();
+            *conn = None;
+            false
+        }
+    }
+}
