@@ -3,8 +3,8 @@
 //! Handlers are thin: they parse the request into domain types and call the
 //! same library functions as the CLI. Diesel calls block, so they run on
 //! tokio's blocking pool (`spawn_blocking`), never on the async worker
-//! threads; publishes go through the publishing threads
-//! ([`crate::pipeline::publishing`]), which confirm many requests' events
+//! threads; publishes go through the publishing thread
+//! ([`crate::pipeline::publishing`]), which confirms many requests' events
 //! under one wait while the requests await their answer.
 
 pub mod auth;

@@ -79,8 +79,9 @@ impl Drop for Publisher {
     }
 }
 
-/// Publishers shared by a server's publishing threads: a thread takes one
-/// (or connects a new one), publishes, and gives it back. After a failed
+/// The publishers of a server's publishing thread
+/// ([`crate::pipeline::publishing`]): it takes one (or connects a new one)
+/// for each round, publishes, and gives it back. After a failed
 /// connect, nobody tries again for [`RETRY_CONNECT_AFTER`], so a down
 /// broker costs each order nothing (it stays `published: false` and the
 /// relay publishes it).

@@ -1,18 +1,20 @@
-//! Publishing just-committed events for a server: a few threads, each with
-//! its own PostgreSQL connection and publisher, take whatever requests have
-//! queued since their last round and publish all of their events under ONE
-//! confirm wait, then tell each request whether its events were confirmed
-//! and marked published. A request holds no database connection while its
-//! publish waits, and the broker confirms many requests' messages at once
-//! (a confirm per message costs the broker several times the CPU of the
-//! message itself).
+//! Publishing just-committed events for a server: one thread, with its own
+//! PostgreSQL connection and publisher, takes whatever requests have queued
+//! since its last round and publishes all of their events under ONE confirm
+//! wait, then tells each request whether its events were confirmed and
+//! marked published. A request holds no database connection while its
+//! publish waits, and the busier the server, the more requests share a
+//! round (the way PostgreSQL's group commit shares a disk flush): one
+//! lock-and-mark transaction and one confirm wait per round instead of per
+//! request. More threads were measured to cost more CPU per request (more,
+//! smaller rounds) and so fewer requests per second on a busy machine.
 //!
 //! Nothing changes about what is guaranteed: the events were committed
 //! with their order before they are queued here; a failed or skipped
 //! publish (broker down or blocking, a lost connection, the server
 //! stopping) answers `false` and leaves the rows to the relay.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
@@ -25,9 +27,6 @@ use super::relay;
 use crate::db;
 use crate::messaging::publisher::PublisherPool;
 
-/// Publishing threads: while one waits for its confirm, the next takes the
-/// requests that arrived meanwhile.
-pub const THREADS: usize = 2;
 /// The most events one round publishes (as many as a relay batch).
 pub const MAX_ROUND: usize = relay::BATCH_SIZE as usize;
 
@@ -37,35 +36,29 @@ struct Job {
     published: oneshot::Sender<bool>,
 }
 
-/// The publishing threads. [`Publishing::close`] lets them finish what is
-/// queued and stops them.
+/// The publishing thread. [`Publishing::close`] lets it finish what is
+/// queued and stops it.
 pub struct Publishing {
     jobs: Mutex<Option<Sender<Job>>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    publishers: Arc<PublisherPool>,
+    thread: Mutex<Option<JoinHandle<PublisherPool>>>,
 }
 
 impl Publishing {
-    /// Starts [`THREADS`] threads. They connect on their first round, so a
-    /// server starts while the broker is down.
+    /// Starts the thread. It connects on its first round, so a server
+    /// starts while the broker is down.
     pub fn start(database_url: &Url, publishers: PublisherPool) -> anyhow::Result<Self> {
         let (sender, receiver) = crossbeam_channel::unbounded();
-        let publishers = Arc::new(publishers);
-        let threads = (0..THREADS)
-            .map(|n| {
-                let receiver = receiver.clone();
-                let publishers = publishers.clone();
-                let database_url = database_url.clone();
-                std::thread::Builder::new()
-                    .name(format!("publishing-{n}"))
-                    .spawn(move || run(&database_url, &publishers, &receiver))
-                    .context("starting a publishing thread")
+        let database_url = database_url.clone();
+        let thread = std::thread::Builder::new()
+            .name("publishing".into())
+            .spawn(move || {
+                run(&database_url, &publishers, &receiver);
+                publishers
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .context("starting the publishing thread")?;
         Ok(Self {
             jobs: Mutex::new(Some(sender)),
-            threads: Mutex::new(threads),
-            publishers,
+            thread: Mutex::new(Some(thread)),
         })
     }
 
@@ -76,7 +69,7 @@ impl Publishing {
     pub fn publish(&self, outbox_ids: Vec<i64>) -> oneshot::Receiver<bool> {
         let (published, answer) = oneshot::channel();
         if let Some(jobs) = self.jobs.lock().expect("publishing").as_ref() {
-            // Fails only once every thread has ended: the answer is then
+            // Fails only once the thread has ended: the answer is then
             // dropped, which reads as not published.
             let _ = jobs.send(Job {
                 outbox_ids,
@@ -86,18 +79,19 @@ impl Publishing {
         answer
     }
 
-    /// Stops taking jobs, lets the threads publish what is queued, joins
-    /// them and closes the publishers.
+    /// Stops taking jobs, lets the thread publish what is queued, joins it
+    /// and closes its publisher.
     pub fn close(&self) {
         drop(self.jobs.lock().expect("publishing").take());
-        for thread in self.threads.lock().expect("publishing").drain(..) {
-            let _ = thread.join();
+        if let Some(thread) = self.thread.lock().expect("publishing").take() {
+            if let Ok(publishers) = thread.join() {
+                publishers.close();
+            }
         }
-        self.publishers.close();
     }
 }
 
-/// One thread: a round per wake-up, until the queue is closed and empty.
+/// The thread: a round per wake-up, until the queue is closed and empty.
 fn run(database_url: &Url, publishers: &PublisherPool, jobs: &Receiver<Job>) {
     let mut conn: Option<PgConnection> = None;
     while let Ok(first) = jobs.recv() {
