@@ -106,6 +106,9 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/events", get(routes::events::stream))
         .route("/orders/{id}/status", patch(routes::orders::set_status))
+        // Adding a product sets a price and a stock: the catalogue is the
+        // admin's, like a restock.
+        .route("/products", post(routes::products::create))
         .route("/products/{id}/restock", post(routes::products::restock))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -123,10 +126,7 @@ pub fn router(state: AppState) -> Router {
             post(routes::orders::create).get(routes::orders::list),
         )
         .route("/orders/{id}", get(routes::orders::show))
-        .route(
-            "/products",
-            post(routes::products::create).get(routes::products::list),
-        )
+        .route("/products", get(routes::products::list))
         .route("/products/{id}", get(routes::products::show))
         .merge(admin)
         .fallback(|| async { error::ApiError::not_found("no such route") })

@@ -267,7 +267,7 @@ fn the_dashboard_logs_in_and_shows_a_new_order_live_with_toast_and_badge() {
         .post(
             "/products",
             r#"{"name": "Blue mug", "price": "9.90", "stock": 4}"#,
-            &[],
+            &[("Authorization", &format!("Bearer {TOKEN}"))],
         )
         .assert_status(201)
         .json();

@@ -259,7 +259,17 @@ fn admin_routes_need_the_token_or_a_dashboard_login() {
         let reply = server.get("/events", &headers);
         assert_eq!(reply.status, 401, "{reply:?}");
         reply.assert_json_error("no token");
+        // Adding a product is the admin's too; reading products is not.
+        let reply = server.post(
+            "/products",
+            r#"{"name": "Mug", "price": "12.50", "stock": 4}"#,
+            &headers,
+        );
+        assert_eq!(reply.status, 401, "{reply:?}");
+        reply.assert_json_error("no token");
     }
+    assert_eq!(env.count("products"), 0);
+    server.get("/products", &[]).assert_status(200);
     let page = server.get("/", &[]);
     assert_eq!(page.status, 401);
     assert!(page.body.contains(r#"<form id="login""#), "{}", page.body);
@@ -519,7 +529,7 @@ fn products_are_added_read_through_the_cache_restocked_and_ordered() {
         .post(
             "/products",
             r#"{"name": "Mug", "price": 12.5, "stock": 4}"#,
-            &[],
+            &admin,
         )
         .assert_status(201)
         .json();

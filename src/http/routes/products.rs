@@ -1,5 +1,5 @@
-//! `POST /products`, `GET /products/{id}` (through the Redis cache),
-//! `GET /products?low_stock=true` and the admin's
+//! `GET /products/{id}` (through the Redis cache),
+//! `GET /products?low_stock=true`, and the admin's `POST /products` and
 //! `POST /products/{id}/restock`.
 
 use std::collections::HashMap;
@@ -36,7 +36,7 @@ fn stock_level(value: i64) -> Result<StockLevel, ApiError> {
     value.to_string().parse().map_err(invalid)
 }
 
-/// `POST /products`: `{"name", "price": "12.50", "stock", "low_stock_threshold"?}`.
+/// `POST /products` (admin): `{"name", "price": "12.50", "stock", "low_stock_threshold"?}`.
 pub async fn create(
     State(state): State<AppState>,
     body: Bytes,
