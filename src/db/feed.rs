@@ -35,6 +35,22 @@ pub fn between(
         .load(conn)
 }
 
+/// Rows written before `cutoff`: what `ordctl prune` deletes.
+pub fn count_older_than(conn: &mut PgConnection, cutoff: DateTime<Utc>) -> QueryResult<i64> {
+    feed::table
+        .filter(feed::created_at.lt(cutoff))
+        .count()
+        .get_result(conn)
+}
+
+/// Deletes the rows written before `cutoff`; returns how many went. The
+/// cursor sequence goes on, so later ids never repeat a deleted one.
+pub fn delete_older_than(conn: &mut PgConnection, cutoff: DateTime<Utc>) -> QueryResult<i64> {
+    diesel::delete(feed::table.filter(feed::created_at.lt(cutoff)))
+        .execute(conn)
+        .map(|deleted| deleted as i64)
+}
+
 /// The highest id handed out by the feed's sequence so far, committed or
 /// not (sequences ignore transactions): 0 before the first row.
 pub fn last_allocated(conn: &mut PgConnection) -> QueryResult<i64> {

@@ -4,6 +4,11 @@
 //! (per the registry) delivered it. Anything pending, retrying or dead is
 //! never touched, nor is an event a consumer has not delivered yet: that
 //! is what `reconcile` looks for.
+//!
+//! The live feed behind `GET /events` (the `feed` table) is a copy of the
+//! events for watching, so its rows go by age alone. A client that comes
+//! back with a cursor from before the cutoff resumes at the oldest event
+//! kept.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -11,6 +16,7 @@ use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
 use serde::Serialize;
 
 use crate::consumers;
+use crate::db::feed;
 use crate::domain::DeliveryStatus;
 
 /// What a prune deleted, or would delete with `--dry-run`.
@@ -22,6 +28,8 @@ pub struct Pruned {
     pub outbox: i64,
     pub deliveries: i64,
     pub attempts: i64,
+    /// Rows of the live event feed.
+    pub feed: i64,
 }
 
 /// Every (routing key, consumer) pair the registry subscribes.
@@ -38,7 +46,8 @@ pub fn expected_deliveries() -> (Vec<String>, Vec<String>) {
         .unzip()
 }
 
-/// Deletes (or counts) the history of events delivered before `cutoff`.
+/// Deletes (or counts) the history of events delivered before `cutoff`,
+/// and the feed's rows from before it.
 pub fn prune(
     conn: &mut PgConnection,
     cutoff: DateTime<Utc>,
@@ -99,6 +108,11 @@ pub fn prune(
             };
         }
         [pruned.attempts, pruned.deliveries, pruned.outbox] = counts;
+        pruned.feed = if dry_run {
+            feed::count_older_than(conn, cutoff)?
+        } else {
+            feed::delete_older_than(conn, cutoff)?
+        };
         Ok(pruned)
     })
 }

@@ -409,6 +409,46 @@ fn prune_deletes_only_history_every_consumer_delivered_and_a_dry_run_deletes_not
 }
 
 #[test]
+fn prune_deletes_live_feed_rows_older_than_its_window_and_keeps_the_newer_ones() {
+    use diesel::RunQueryDsl;
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    for user in 1..=2 {
+        env.place_order(user, "10", &[]);
+    }
+    let old = env.count("feed");
+    assert!(old >= 2, "every order.created is in the feed");
+    diesel::sql_query("UPDATE feed SET created_at = created_at - interval '40 days'")
+        .execute(&mut env.db())
+        .unwrap();
+    env.place_order(3, "10", &[]);
+    let newest = env.scalar("SELECT max(id) AS n FROM feed");
+
+    let dry = env
+        .ordctl(["prune", "--older-than", "30d", "--dry-run", "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(dry["feed"], old, "{dry}");
+    assert_eq!(env.count("feed"), old + 1, "the dry run deleted nothing");
+
+    let pruned = env
+        .ordctl(["prune", "--older-than", "30d", "--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(pruned["feed"], old, "{pruned}");
+    assert_eq!(env.count("feed"), 1);
+    assert_eq!(env.scalar("SELECT min(id) AS n FROM feed"), newest);
+    // The cursor goes on: a later event never reuses a deleted id.
+    env.place_order(4, "10", &[]);
+    assert!(env.scalar("SELECT max(id) AS n FROM feed") > newest);
+    let line = env
+        .ordctl(["prune", "--older-than", "30d"])
+        .assert_code(0)
+        .stdout;
+    assert!(line.contains("0 live feed rows"), "{line}");
+}
+
+#[test]
 fn reconcile_finds_an_event_a_consumer_never_received_and_republishes_it_to_that_consumer_only() {
     let env = TestEnv::new();
     env.migrate_and_seed();

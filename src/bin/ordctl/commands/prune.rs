@@ -8,9 +8,10 @@ use super::Ctx;
 use crate::output;
 
 /// Delete delivered history older than an age: events every consumer has
-/// delivered go with their outbox row, delivery-log rows and attempts.
-/// Nothing pending, retrying or dead is ever deleted, nor an event a
-/// consumer has not delivered yet.
+/// delivered go with their outbox row, delivery-log rows and attempts, and
+/// the live event feed (`ordctl serve`'s `GET /events`) loses its rows
+/// from before then. Nothing pending, retrying or dead is ever deleted,
+/// nor an event a consumer has not delivered yet.
 ///
 /// Examples: `ordctl prune --older-than 30d --dry-run`,
 /// `ordctl prune --older-than 2w --json`
@@ -38,8 +39,8 @@ impl Args {
             "deleted"
         };
         output::line(format!(
-            "{verb} the history of {} events delivered more than {} ago: {} outbox rows, {} delivery-log rows, {} attempts",
-            pruned.events, self.older_than, pruned.outbox, pruned.deliveries, pruned.attempts
+            "{verb} the history of {} events delivered more than {} ago: {} outbox rows, {} delivery-log rows, {} attempts; and {} live feed rows",
+            pruned.events, self.older_than, pruned.outbox, pruned.deliveries, pruned.attempts, pruned.feed
         ))
     }
 }
