@@ -16,7 +16,7 @@ use amiquip::{
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use crossbeam_channel::RecvTimeoutError;
-use diesel::PgConnection;
+use diesel::{Connection, PgConnection, RunQueryDsl};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -45,6 +45,9 @@ pub struct ReplayOptions {
 /// One dead letter, as listed by `--dry-run` and `--json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct DeadLetter {
+    /// The event's id, when the body is an event.
+    #[serde(skip)]
+    pub event_id: Option<Uuid>,
     pub consumer: String,
     pub queue: String,
     pub message_id: Option<String>,
@@ -71,11 +74,16 @@ pub struct ReplayReport {
 pub const RUN_HEADER: &str = "x-ordctl-replay-run";
 /// Republishes per publisher-confirm wait.
 const WINDOW: usize = 100;
+/// Replays written to the orders' history per insert.
+const HISTORY_BATCH: usize = 1_000;
 /// Unacked deliveries the broker may push ahead while messages move.
 const PREFETCH: u16 = 1_000;
 /// A pause this long in deliveries means the DLQ may be drained: the
 /// broker is asked whether anything is still ready.
 const QUIET: Duration = Duration::from_millis(100);
+/// The pause that means the same once every message counted at the start
+/// has come.
+const CAUGHT_UP: Duration = Duration::from_millis(5);
 /// How long returned messages may take to be ready in the DLQ again.
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -126,6 +134,7 @@ fn replay_on(
         },
         looked_at: 0,
         consumers: Vec::new(),
+        history: Vec::new(),
     };
     let wanted_consumers: Vec<&str> = topology
         .consumers
@@ -167,6 +176,8 @@ struct Run<'a> {
     report: ReplayReport,
     looked_at: u64,
     consumers: Vec<Consumer<'a>>,
+    /// Moved, not yet written to the orders' history.
+    history: Vec<DeadLetter>,
 }
 
 impl<'a> Run<'a> {
@@ -193,12 +204,16 @@ impl<'a> Run<'a> {
         let mut kept: Vec<Delivery> = Vec::new();
         let mut window: Vec<(Delivery, DeadLetter)> = Vec::with_capacity(WINDOW);
         let mut listed = 0u64;
+        let mut seen = 0u64;
         let result = loop {
             // `messages` holds what moved, or with --dry-run what would.
             if self.options.limit.is_some_and(|limit| listed >= limit) {
                 break Ok(());
             }
-            let delivery = match consumer.receiver().recv_timeout(QUIET) {
+            // Once as many came as the DLQ held at the start, a short pause
+            // is enough to ask the broker whether it holds more.
+            let pause = if seen >= estimate { CAUGHT_UP } else { QUIET };
+            let delivery = match consumer.receiver().recv_timeout(pause) {
                 Ok(ConsumerMessage::Delivery(delivery)) => delivery,
                 Ok(other) => break Err(anyhow::anyhow!("reading {dlq}: {other:?}")),
                 Err(RecvTimeoutError::Timeout) => {
@@ -225,6 +240,7 @@ impl<'a> Run<'a> {
                 break Ok(());
             }
             self.looked_at += 1;
+            seen += 1;
             progress(self.looked_at, estimate.max(self.looked_at));
             let letter = describe(&delivery, consumer_name, dlq);
             let wanted = self
@@ -248,8 +264,9 @@ impl<'a> Run<'a> {
                 }
             }
         };
-        result?;
-        self.flush(&mut window, work_queue)?;
+        let flushed = result.and_then(|()| self.flush(&mut window, work_queue));
+        self.record_history();
+        flushed?;
         consumer.cancel().context("cancelling the DLQ consumer")?;
         // Deliveries the broker sent before the cancel are ours to return.
         for message in consumer.receiver().try_iter() {
@@ -280,14 +297,34 @@ impl<'a> Run<'a> {
         self.confirms
             .publish_watching(self.channel, self.link, "", &copies)
             .context("republishing dead letters")?;
-        record_replays(self.conn, window);
-        for (get, letter) in window.drain(..) {
-            get.ack(self.channel)
-                .context("removing a replayed message from the DLQ")?;
+        // Unless another order's letters are kept unacked on this channel,
+        // everything delivered up to the window's last is in the window:
+        // one ack for all of it.
+        let ack_all = self.options.order_id.is_none();
+        let last = window.len() - 1;
+        for (n, (get, letter)) in window.drain(..).enumerate() {
+            if !ack_all {
+                get.ack(self.channel)
+            } else if n == last {
+                get.ack_multiple(self.channel)
+            } else {
+                Ok(())
+            }
+            .context("removing replayed messages from the DLQ")?;
             self.report.replayed += 1;
-            self.report.messages.push(letter);
+            self.history.push(letter);
+        }
+        if self.history.len() >= HISTORY_BATCH {
+            self.record_history();
         }
         Ok(())
+    }
+
+    /// Writes the replays moved so far into their orders' history, in one
+    /// insert, and adds them to the report.
+    fn record_history(&mut self) {
+        record_replays(self.conn, &self.history);
+        self.report.messages.append(&mut self.history);
     }
 
     /// Returns kept messages to the DLQ and waits until the broker has them
@@ -327,13 +364,13 @@ fn describe(get: &Delivery, consumer: &str, queue: &str) -> DeadLetter {
     let dead_since = header_str(found, headers::LAST_FAILED_AT)
         .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
         .map(|at| at.with_timezone(&Utc));
+    let event = Event::from_json(&get.body).ok();
     DeadLetter {
+        event_id: event.as_ref().map(Event::event_id),
         consumer: consumer.to_string(),
         queue: queue.to_string(),
         message_id: properties.message_id().clone(),
-        order_id: Event::from_json(&get.body)
-            .ok()
-            .map(|event| event.order_id()),
+        order_id: event.as_ref().map(Event::order_id),
         reason: header_str(found, headers::LAST_ERROR).map(str::to_string),
         failure: header_str(found, headers::FAILURE).map(str::to_string),
         attempts: header_int(found, headers::ATTEMPTS).unwrap_or(0),
@@ -370,29 +407,33 @@ fn replayed_copy(get: &Delivery, work_queue: &str, run_id: &str) -> Outgoing {
     message
 }
 
-/// Writes the replays into their orders' history, one insert per window;
-/// the move itself already happened, so a failure here is only logged.
-fn record_replays(conn: &mut PgConnection, window: &[(Delivery, DeadLetter)]) {
-    let events: Vec<(Event, &DeadLetter)> = window
+/// Writes the replays into their orders' history in one insert; the move
+/// itself already happened, so a failure here is only logged.
+fn record_replays(conn: &mut PgConnection, moved: &[DeadLetter]) {
+    let attempts: Vec<NewAttempt<'_>> = moved
         .iter()
-        .filter_map(|(get, letter)| Some((Event::from_json(&get.body).ok()?, letter)))
-        .collect();
-    let attempts: Vec<NewAttempt<'_>> = events
-        .iter()
-        .map(|(event, letter)| NewAttempt {
-            event_id: event.event_id(),
-            consumer: &letter.consumer,
-            order_id: event.order_id(),
-            attempt: letter.attempts as i32,
-            outcome: AttemptOutcome::Replayed,
-            error: letter.reason.as_deref(),
-            smtp_reply: None,
+        .filter_map(|letter| {
+            Some(NewAttempt {
+                event_id: letter.event_id?,
+                consumer: &letter.consumer,
+                order_id: letter.order_id?,
+                attempt: letter.attempts as i32,
+                outcome: AttemptOutcome::Replayed,
+                error: letter.reason.as_deref(),
+                smtp_reply: None,
+            })
         })
         .collect();
     if attempts.is_empty() {
         return;
     }
-    if let Err(error) = delivery_attempts::record_many(conn, &attempts) {
+    // Without waiting for the disk: the move, which must not be lost, is
+    // already confirmed; a crash can lose only this note of it.
+    let recorded = conn.transaction(|conn| {
+        diesel::sql_query("SET LOCAL synchronous_commit TO OFF").execute(conn)?;
+        delivery_attempts::record_many(conn, &attempts)
+    });
+    if let Err(error) = recorded {
         tracing::warn!(
             "recording {} replays in the orders' history: {error}",
             attempts.len()
