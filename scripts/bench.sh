@@ -2,6 +2,10 @@
 # Usage: scripts/bench.sh [ORDCTL BENCH ARGS...]
 #   e.g. scripts/bench.sh --orders 20000 --concurrency 4 --json
 #        scripts/bench.sh --http-only   (just `ordctl serve` under wrk)
+#        scripts/bench.sh --cluster [--cluster-only]
+#            (also the queue types side by side: classic and quorum on one
+#            node, quorum on the local three-node cluster, which
+#            scripts/cluster.sh starts; pass --cluster URLS for another)
 #
 # Reproduces the figures in BENCHMARKS.md: makes sure the services and
 # Postfix's smtp-sink (a fast, real SMTP server that accepts and discards
@@ -52,5 +56,21 @@ trap 'kill "$sink_pid" 2>/dev/null || true' EXIT
 wait_for_port 127.0.0.1 "$port" 10 smtp-sink
 log "smtp-sink (pid $sink_pid) listening on 127.0.0.1:$port"
 
+# A bare --cluster (no URL list after it) means the local cluster, handed
+# over in the environment (ORDCTL_BENCH_CLUSTER), not on the command line.
+args=()
+for ((i = 1; i <= $#; i++)); do
+  arg=${!i}
+  next_i=$((i + 1))
+  next=${!next_i:-}
+  if [[ $arg == --cluster && (-z $next || $next == -*) ]]; then
+    urls=$(scripts/cluster.sh start | sed -n "s/^export AMQP_URL='\(.*\)'$/\1/p")
+    [[ -n $urls ]] || die "scripts/cluster.sh start printed no AMQP_URL"
+    export ORDCTL_BENCH_CLUSTER=$urls
+  else
+    args+=("$arg")
+  fi
+done
+
 # Not exec: the EXIT trap must stop the sink after the benchmark.
-SMTP_URL="smtp://127.0.0.1:$port" run target/release/ordctl bench "$@"
+SMTP_URL="smtp://127.0.0.1:$port" run target/release/ordctl bench ${args[@]+"${args[@]}"}

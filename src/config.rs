@@ -106,7 +106,7 @@ impl Settings {
                 &args.database_url,
                 &["postgres", "postgresql"],
             )?,
-            amqp_url: parse_brokers(&args.amqp_url)?,
+            amqp_url: parse_brokers("--amqp-url", &args.amqp_url)?,
             redis_url: parse_url("--redis-url", &args.redis_url, &["redis", "rediss"])?,
             smtp: args
                 .smtp_url
@@ -222,18 +222,18 @@ impl fmt::Display for SmtpSettings {
     }
 }
 
-/// `--amqp-url`: one URL or several, comma-separated (spaces around the
-/// commas allowed).
-fn parse_brokers(raw: &str) -> Result<Brokers, InvalidInput> {
+/// `--amqp-url` (or another `flag` taking RabbitMQ nodes): one URL or
+/// several, comma-separated (spaces around the commas allowed).
+pub fn parse_brokers(flag: &str, raw: &str) -> Result<Brokers, InvalidInput> {
     let urls = raw
         .split(',')
         .map(str::trim)
         .map(|url| match url {
             "" => Err(InvalidInput::new(format!(
-                "--amqp-url {} has an empty entry (separate URLs with one comma)",
+                "{flag} {} has an empty entry (separate URLs with one comma)",
                 redact_str(raw)
             ))),
-            url => parse_url("--amqp-url", url, &["amqp", "amqps"]),
+            url => parse_url(flag, url, &["amqp", "amqps"]),
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Brokers::new(urls))
@@ -283,9 +283,10 @@ mod tests {
 
     #[test]
     fn amqp_url_takes_a_comma_separated_list_of_nodes() {
-        let one = parse_brokers("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        let one = parse_brokers("--amqp-url", "amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
         assert_eq!(one.urls().len(), 1);
         let three = parse_brokers(
+            "--amqp-url",
             "amqp://u:pw1@127.0.0.1:5681/%2f, amqp://u:pw2@127.0.0.1:5682/%2f,amqps://u:pw3@h/%2f",
         )
         .unwrap();
@@ -300,7 +301,7 @@ mod tests {
             "amqp://h/%2f,,amqp://i/%2f",
             "amqp://h/%2f,http://u:pw9@i",
         ] {
-            let err = parse_brokers(bad).unwrap_err().to_string();
+            let err = parse_brokers("--amqp-url", bad).unwrap_err().to_string();
             assert!(err.starts_with("--amqp-url"), "{err}");
             assert!(!err.contains("pw9"), "{err}");
         }

@@ -27,12 +27,23 @@ pub struct ConsumerSpec {
     pub routing_keys: &'static [&'static str],
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum QueueType {
     #[default]
     Classic,
     /// Replicated queues for a RabbitMQ cluster.
     Quorum,
+}
+
+impl QueueType {
+    /// As `--queue-type` and `ORDCTL_QUEUE_TYPE` take it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
 }
 
 /// The default retry delays: roughly 1 s, 5 s, 30 s, 2 min, 10 min.

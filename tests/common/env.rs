@@ -154,9 +154,7 @@ impl TestEnv {
         for var in FOREIGN_VARS {
             command.env_remove(var);
         }
-        if self.settings.queue_type == QueueType::Quorum {
-            command.env("ORDCTL_QUEUE_TYPE", "quorum");
-        }
+        command.env("ORDCTL_QUEUE_TYPE", self.settings.queue_type.as_str());
         command
     }
 

@@ -9,13 +9,15 @@
 //! measure the disk, not the pipeline.
 //!
 //! Each section (raw RabbitMQ, the concurrency curve, the default worker,
-//! latency, the HTTP API under load, replay-dlq) is one function that adds
+//! latency, the HTTP API under load, replay-dlq, and with `--cluster` the
+//! queue types side by side) is one function that adds
 //! its part of the [`Report`] and its rows of the table; a new section is
 //! one more such function in [`run`].
 
 pub mod http;
 pub mod measure;
 pub mod pipeline;
+pub mod queues;
 pub mod raw;
 pub mod replay;
 
@@ -28,7 +30,7 @@ use ordctl::config::{Settings, SmtpSettings};
 use ordctl::db::{self, PgPool};
 use ordctl::domain::{Namespace, UserId};
 use ordctl::error::InvalidInput;
-use ordctl::messaging::{self, topology::Topology};
+use ordctl::messaging::{self, topology::Topology, Brokers};
 use ordctl::shutdown::Shutdown;
 use serde::Serialize;
 
@@ -78,6 +80,11 @@ pub struct Options {
     pub http_max_connections: u16,
     /// Only the HTTP section (and its raw PostgreSQL figure).
     pub http_only: bool,
+    /// The nodes of a cluster: adds the queue-type section (classic and
+    /// quorum on one node, quorum on the cluster).
+    pub cluster: Option<Brokers>,
+    /// Only the queue-type section.
+    pub cluster_only: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -99,6 +106,8 @@ pub struct Report {
     pub http: Option<http::HttpFigures>,
     /// `replay-dlq` moving a backlog of dead letters.
     pub replay: Option<ReplayFigures>,
+    /// The end-to-end drain per queue type and cluster size (`--cluster`).
+    pub queues: Vec<queues::QueueSetup>,
     pub worker: WorkerFigures,
     /// Every figure with its ratio to the raw limit and target: what the
     /// table shows.
@@ -249,6 +258,16 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// The curve's highest concurrency.
+    fn max_concurrency(&self) -> u16 {
+        self.options
+            .concurrencies
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(1)
+    }
+
     fn pipeline(&self) -> Pipeline<'_> {
         Pipeline {
             settings: self.settings,
@@ -278,11 +297,7 @@ pub fn run(settings: &Settings, options: &Options, shutdown: &Shutdown) -> anyho
         .set_path(&format!("/ordctl_bench_{suffix}"));
     settings.namespace = Namespace::parse(&format!("bench_{suffix}"))?;
     let topology = ordctl::pipeline::topology(&settings);
-    let scratch = Scratch {
-        settings: &settings,
-        topology: &topology,
-        raw_queue: topology.namespace.name("bench.raw"),
-    };
+    let scratch = Scratch::new(&settings, Some(topology.namespace.name("bench.raw")));
     tracing::info!(
         database = %format!("ordctl_bench_{suffix}"),
         namespace = %settings.namespace,
@@ -347,6 +362,7 @@ fn measure_all(
         latency: None,
         http: None,
         replay: None,
+        queues: Vec::new(),
         worker: WorkerFigures::default(),
         figures: Vec::new(),
     };
@@ -354,15 +370,23 @@ fn measure_all(
         http_section(&bench, &mut report)?;
         return Ok(report);
     }
+    if let (true, Some(cluster)) = (options.cluster_only, &options.cluster) {
+        queues::section(&bench, cluster, &mut report)?;
+        return Ok(report);
+    }
     let email = raw::sample_email(settings, &users[0])?;
-    amqp_section(&bench, &scratch.raw_queue, max_concurrency, &mut report)?;
+    let raw_queue = scratch.raw_queue.as_deref().expect("the scratch raw queue");
+    amqp_section(&bench, raw_queue, max_concurrency, &mut report)?;
     curve_section(&bench, &email, &mut report)?;
     default_worker_section(&bench, &mut report)?;
     latency_section(&bench, &mut report)?;
     http_section(&bench, &mut report)?;
     // Last: the replayed messages wait in the work queue with no worker
     // to take them, until the scratch queues are removed.
-    replay_section(&bench, &scratch.raw_queue, &mut report)?;
+    replay_section(&bench, raw_queue, &mut report)?;
+    if let Some(cluster) = &options.cluster {
+        queues::section(&bench, cluster, &mut report)?;
+    }
     report.figures.push(
         Figure::plain(
             "worker peak RSS (VmHWM, every run)",
@@ -672,15 +696,28 @@ fn mib(kib: u64) -> f64 {
 /// What the benchmark creates, removed at the end even after a failure.
 struct Scratch<'a> {
     settings: &'a Settings,
-    topology: &'a Topology,
-    raw_queue: String,
+    topology: Topology,
+    raw_queue: Option<String>,
 }
 
-impl Scratch<'_> {
+impl<'a> Scratch<'a> {
+    fn new(settings: &'a Settings, raw_queue: Option<String>) -> Self {
+        Self {
+            settings,
+            topology: ordctl::pipeline::topology(settings),
+            raw_queue,
+        }
+    }
+
     fn remove(&self) {
         if let Err(error) = db::drop_database(&self.settings.database_url) {
             tracing::warn!("benchmark: dropping the scratch database: {error:#}");
         }
+        self.remove_namespace();
+    }
+
+    /// The namespace's queues, exchanges and Redis keys; not the database.
+    fn remove_namespace(&self) {
         if let Err(error) = self.remove_broker_objects() {
             tracing::warn!("benchmark: deleting the scratch queues: {error:#}");
         }
@@ -692,7 +729,7 @@ impl Scratch<'_> {
     fn remove_broker_objects(&self) -> anyhow::Result<()> {
         let mut connection = messaging::connect(&self.settings.amqp_url)?;
         let mut queues = self.topology.queue_names();
-        queues.push(self.raw_queue.clone());
+        queues.extend(self.raw_queue.clone());
         for queue in queues {
             // A failed delete closes the channel: one channel per delete.
             let channel = connection.open_channel(None)?;

@@ -334,11 +334,7 @@ pub fn worker_env(settings: &Settings) -> Vec<(&'static str, String)> {
         ("ORDCTL_NAMESPACE", settings.namespace.to_string()),
         (
             "ORDCTL_QUEUE_TYPE",
-            match settings.queue_type {
-                ordctl::messaging::topology::QueueType::Classic => "classic",
-                ordctl::messaging::topology::QueueType::Quorum => "quorum",
-            }
-            .to_string(),
+            settings.queue_type.as_str().to_string(),
         ),
         // What a user sees by default: warnings and the start-up lines.
         ("RUST_LOG", "info".to_string()),

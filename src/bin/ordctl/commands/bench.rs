@@ -20,7 +20,9 @@ use crate::output;
 /// smtp-source. Works in its own throw-away database and namespace, removed
 /// at the end. Build with --release for real figures. Example:
 /// `scripts/bench.sh` or
-/// `SMTP_URL=smtp://127.0.0.1:2525 ordctl bench --concurrency 4,32 --json`
+/// `SMTP_URL=smtp://127.0.0.1:2525 ordctl bench --concurrency 4,32 --json`;
+/// queue types side by side: `scripts/bench.sh --cluster` (starts the local
+/// cluster) or `ordctl bench --cluster "$AMQP_URL_OF_THE_CLUSTER" --cluster-only`
 #[derive(clap::Args)]
 pub struct Args {
     /// Orders placed and drained, and operations per raw phase.
@@ -63,6 +65,22 @@ pub struct Args {
     /// Run only the HTTP section.
     #[arg(long)]
     http_only: bool,
+
+    /// The nodes of a RabbitMQ cluster, comma-separated, as
+    /// `scripts/cluster.sh start` prints them: adds the end-to-end drain on
+    /// a classic and a quorum queue of the --amqp-url node and on a quorum
+    /// queue of this cluster, side by side.
+    #[arg(
+        long,
+        env = "ORDCTL_BENCH_CLUSTER",
+        value_name = "AMQP_URLS",
+        hide_env_values = true
+    )]
+    cluster: Option<String>,
+
+    /// Run only the queue-type section (needs --cluster).
+    #[arg(long, requires = "cluster")]
+    cluster_only: bool,
 }
 
 impl Args {
@@ -87,6 +105,12 @@ impl Args {
             http_connections: self.http_connections,
             http_max_connections: self.http_max_connections,
             http_only: self.http_only,
+            cluster: self
+                .cluster
+                .as_deref()
+                .map(|raw| ordctl::config::parse_brokers("--cluster", raw))
+                .transpose()?,
+            cluster_only: self.cluster_only,
         };
         let report = bench::run(&ctx.settings, &options, shutdown)?;
         if ctx.json {
