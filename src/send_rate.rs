@@ -101,6 +101,8 @@ struct Local {
     /// The next free send time of the local pacing.
     next: Instant,
     bypass_until: Option<Instant>,
+    /// The shared rate's factor after this worker's last slow-down.
+    factor: Option<String>,
 }
 
 impl SendRate {
@@ -126,6 +128,7 @@ impl SendRate {
                 workers_seen: None,
                 next: Instant::now(),
                 bypass_until: None,
+                factor: None,
             }),
         })
     }
@@ -153,11 +156,18 @@ impl SendRate {
                 .invoke::<String>(redis)
         });
         match factor {
-            Some(factor) => tracing::warn!(
-                "the SMTP server throttles: the fleet's send rate is now {factor} × {}/s for {}s",
-                self.per_second,
-                SLOW_FOR.as_secs()
-            ),
+            Some(factor) => {
+                // Said once per slow-down, not once per throttled send.
+                let mut local = self.local.lock().expect("send rate lock");
+                if local.factor.as_deref() != Some(factor.as_str()) {
+                    tracing::warn!(
+                        "the SMTP server throttles: the fleet's send rate is now {factor} × {}/s for {}s",
+                        self.per_second,
+                        SLOW_FOR.as_secs()
+                    );
+                    local.factor = Some(factor);
+                }
+            }
             None => {
                 // No Redis: this worker alone slows down, by pushing its
                 // own next send time out by a second's share.

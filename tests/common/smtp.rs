@@ -117,6 +117,36 @@ impl SmtpSink {
         panic!("the SMTP sink did not start; its log says:\n{last_error}");
     }
 
+    /// Starts a sink that answers the first `throttled` emails with `454
+    /// 4.7.0`, as an email provider over its rate does, then stores the
+    /// next ones like [`SmtpSink::start`]'s.
+    // Only the scale tests use it; the harness is compiled by two binaries.
+    #[allow(dead_code)]
+    pub fn start_throttling(dir: &Path, throttled: u32) -> Self {
+        std::fs::create_dir_all(dir).expect("creating the sink's directory");
+        std::fs::write(
+            dir.join("throttling.py"),
+            format!(
+                "from aiosmtpd.handlers import Mailbox\n\
+                 class Throttling(Mailbox):\n\
+                 \x20   throttled = {throttled}\n\
+                 \x20   async def handle_DATA(self, server, session, envelope):\n\
+                 \x20       if Throttling.throttled > 0:\n\
+                 \x20           Throttling.throttled -= 1\n\
+                 \x20           return '454 4.7.0 Too many messages, slow down'\n\
+                 \x20       return await super().handle_DATA(server, session, envelope)\n"
+            ),
+        )
+        .expect("writing the throttling handler");
+        Self::try_start_with(
+            &dir.join("maildir"),
+            free_port(),
+            "throttling.Throttling",
+            Some(dir),
+        )
+        .unwrap_or_else(|log| panic!("the throttling SMTP sink did not start: {log}"))
+    }
+
     /// Starts a sink on `port` storing into `maildir`, e.g. to bring a
     /// "recovered" SMTP server up where a failing one was.
     // Only the fault suite (a binary of its own) brings a server back.
@@ -128,16 +158,31 @@ impl SmtpSink {
     }
 
     fn try_start(maildir: &Path, port: u16) -> Result<Self, String> {
+        Self::try_start_with(maildir, port, "aiosmtpd.handlers.Mailbox", None)
+    }
+
+    /// aiosmtpd with `handler` (a class path; its module found in
+    /// `python_path` if given) storing into `maildir`.
+    fn try_start_with(
+        maildir: &Path,
+        port: u16,
+        handler: &str,
+        python_path: Option<&Path>,
+    ) -> Result<Self, String> {
         if let Some(parent) = maildir.parent() {
             std::fs::create_dir_all(parent).expect("creating the Maildir's parent");
         }
         let log_path = maildir.with_extension(format!("smtp-{port}.log"));
         let log = std::fs::File::create(&log_path).expect("creating the SMTP log");
         // Debian's python3: the one on PATH may not see python3-aiosmtpd.
-        let child = Command::new("/usr/bin/python3")
+        let mut command = Command::new("/usr/bin/python3");
+        if let Some(path) = python_path {
+            command.env("PYTHONPATH", path);
+        }
+        let child = command
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{port}"))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .args(["-c", handler])
             .arg(maildir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning a file handle"))

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{with_password, TestEnv, AMQP_URL, DOWN_AMQP_URL};
+use common::{with_password, SmtpSink, TestEnv, AMQP_URL, DOWN_AMQP_URL};
 
 #[test]
 fn every_command_moves_on_to_the_next_node_when_the_first_does_not_answer() {
@@ -147,4 +147,53 @@ fn a_send_rate_that_is_not_a_positive_number_is_invalid_input() {
             .assert_code(2);
         assert!(run.stderr.contains("--max-send-rate"), "{}", run.stderr);
     }
+}
+
+#[test]
+fn a_throttling_provider_slows_the_fleet_down_without_using_up_attempts() {
+    const ORDERS: usize = 30;
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    let provider = SmtpSink::start_throttling(&env.dir().join("provider"), 10);
+    env.ordctl([
+        "place-order",
+        "--count",
+        &ORDERS.to_string(),
+        "--amount",
+        "42",
+    ])
+    .assert_code(0);
+    let worker = env.spawn([
+        "worker",
+        "--max-send-rate",
+        "20",
+        "--smtp-url",
+        &provider.url(),
+    ]);
+    common::wait_until(
+        "every order emailed through the throttling",
+        common::COMMAND_TIMEOUT,
+        || provider.emails().len() >= ORDERS,
+    );
+    worker.terminate();
+    let worker = worker.wait().assert_code(0);
+
+    // Every order emailed once, and the ten 454s cost no attempt: nothing
+    // was retried through the retry queues, nothing dead-lettered.
+    let emails = provider.emails();
+    assert_eq!(emails.len(), ORDERS, "{}", emails.len());
+    let retried = env.scalar(
+        "SELECT count(*) AS n FROM delivery_attempts WHERE outcome <> 'sent' AND consumer = 'notifications'",
+    );
+    assert_eq!(retried, 0);
+    // The shared rate was halved, and said so once per slow-down.
+    let factor: Option<String> = redis::cmd("HGET")
+        .arg(env.redis_key("send-rate"))
+        .arg("factor")
+        .query(&mut env.redis())
+        .expect("reading the bucket");
+    let factor: f64 = factor.expect("a factor").parse().expect("a number");
+    assert!(factor < 1.0, "factor {factor}");
+    let warnings = worker.stderr.matches("the SMTP server throttles").count();
+    assert!((1..10).contains(&warnings), "{}", worker.stderr);
 }
