@@ -35,6 +35,8 @@ node_dir() { printf '%s/node-%s' "$DIR" "$1"; }
 # The cluster's own Erlang cookie, made once. The nodes get it with
 # -setcookie and the CLI with --erlang-cookie, so the cookie file of the
 # rabbitmq user (which the machine's own node uses) is never read or written.
+# -setcookie shows in the process list: fine for a cluster on loopback made
+# for trying things, not for one that holds anything worth protecting.
 cookie() {
   if [[ ! -s $DIR/cookie ]]; then
     as_root mkdir -p "$DIR"
