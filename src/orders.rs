@@ -68,10 +68,21 @@ pub struct StatusChanged {
 pub fn mark_paid(conn: &mut PgConnection, order_id: OrderId) -> anyhow::Result<Order> {
     conn.transaction::<_, anyhow::Error, _>(|conn| {
         let order = lock(conn, order_id)?;
-        check_move(&order, OrderStatus::Paid)?;
-        Ok(orders::set_status(conn, order.id, OrderStatus::Paid)?)
+        mark_locked_paid(conn, &[&order])?;
+        lock(conn, order_id)
     })
     .with_context(|| format!("marking order {order_id} paid"))
+}
+
+/// [`mark_paid`] for orders the caller has locked (`db::orders::lock` or
+/// `lock_many`) in its own transaction, in one statement.
+pub fn mark_locked_paid(conn: &mut PgConnection, locked: &[&Order]) -> anyhow::Result<()> {
+    for order in locked {
+        check_move(order, OrderStatus::Paid)?;
+    }
+    let ids: Vec<OrderId> = locked.iter().map(|order| order.id).collect();
+    orders::set_status_many(conn, &ids, OrderStatus::Paid)?;
+    Ok(())
 }
 
 /// `pending` → `cancelled`: releases the stock of its items (in product-id

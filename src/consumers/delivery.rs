@@ -37,86 +37,193 @@ pub enum Outcome {
     AlreadyDone,
 }
 
-/// Runs `effect` at most once per (event, consumer). The delivery-log row
-/// stays locked while it runs, so a concurrent duplicate waits and then
-/// does nothing; the effect's database writes commit with the `sent` mark.
+/// Makes the effects of `deliveries[i]` for each i given, together.
+pub type WriteAll<'a> =
+    dyn FnMut(&mut PgConnection, &[usize]) -> Result<Vec<String>, HandleError> + 'a;
+
+/// A consumer's effect, in the shape that decides how it is made once.
+/// Each is called with indices into the deliveries.
+pub enum Effects<'a> {
+    /// Database writes, in the deliveries' transaction, made for several
+    /// deliveries at once (a few statements for a batch): they commit with
+    /// the `sent` marks or not at all. Returns what happened per delivery.
+    Writes(&'a mut WriteAll<'a>),
+    /// Something outside the database that cannot be rolled back — an
+    /// email — made one delivery at a time; the effect only reads the
+    /// database. The SMTP server's acceptance is also kept in Redis
+    /// ([`SentMarks`]) right after its reply and checked before sending:
+    /// if PostgreSQL went away between the 250 and the commit, the
+    /// redelivered message finds the mark, records the earlier send and
+    /// sends nothing. Only a crash between the 250 and the mark (or Redis
+    /// down as well) can send an event twice.
+    Sends(
+        &'a SentMarks,
+        &'a mut dyn FnMut(&mut PgConnection, usize) -> Result<String, HandleError>,
+    ),
+}
+
+/// Makes each delivery's effect at most once per (event, consumer).
+/// Returns one result per delivery, in order.
 ///
-/// The commit does not wait for the disk: [`make_durable`] runs before its
-/// message is acked (see [`Logged`](super::handler::Logged)), so one flush covers
-/// every delivery a slot handled since. The mark is visible to
-/// other transactions at once, so a redelivery still finds it `sent`.
-pub fn once(
+/// The deliveries share one transaction: their delivery-log rows are
+/// created and locked by one statement, the effects run, and the
+/// successful ones are marked `sent` by one more — so a redelivered,
+/// replayed or concurrently delivered event has its effect once (a
+/// concurrent duplicate waits for the lock, then finds `sent`). A failed
+/// email does not fail the others (it wrote nothing). A failed database
+/// effect, or a failure of the transaction itself (a bogus event among
+/// them, a lost connection), rolls the transaction back, and each delivery
+/// is tried again in a transaction of its own, so only the bad one fails;
+/// an email that went out meanwhile is found by its mark and not sent
+/// again.
+///
+/// The commit does not wait for the disk: [`make_durable`] runs before the
+/// messages are acked (see [`Logged`](super::handler::Logged)), so one flush covers
+/// every delivery a slot handled since. The marks are visible to other
+/// transactions at once, so a redelivery still finds them `sent`.
+pub fn once_each(
     db: &PgPool,
-    delivery: &Delivery,
-    effect: impl FnOnce(&mut PgConnection) -> Result<String, HandleError>,
-) -> Result<Outcome, HandleError> {
-    let mut conn = db
-        .get()
-        .map_err(|e| HandleError::Transient(anyhow!(e).context("getting a database connection")))?;
-    let row = log_row(delivery, DeliveryStatus::Pending);
+    deliveries: &[Delivery],
+    mut effects: Effects<'_>,
+) -> Vec<Result<Outcome, HandleError>> {
+    let mut conn = match db.get() {
+        Ok(conn) => conn,
+        Err(error) => {
+            let error = anyhow!(error).context("getting a database connection");
+            let message = format!("{error:#}");
+            return deliveries
+                .iter()
+                .map(|_| Err(HandleError::Transient(anyhow!(message.clone()))))
+                .collect();
+        }
+    };
+    let all: Vec<usize> = (0..deliveries.len()).collect();
+    if all.len() > 1 {
+        match in_one_transaction(&mut conn, deliveries, &all, &mut effects) {
+            Ok(results) => return results,
+            Err(error) => tracing::info!(
+                consumer = deliveries[0].consumer,
+                "{} deliveries failed together ({error}); trying each alone",
+                deliveries.len()
+            ),
+        }
+    }
+    all.iter()
+        .map(|&i| {
+            in_one_transaction(&mut conn, deliveries, &[i], &mut effects)
+                .and_then(|mut results| results.pop().expect("one result per delivery"))
+        })
+        .collect()
+}
+
+/// [`once_each`]'s transaction for `deliveries[i]` for each i in `which`.
+/// An effect's error fails its delivery — and, for a delivery alone or a
+/// database effect, rolls the whole transaction back, as the effect's own
+/// writes must be.
+fn in_one_transaction(
+    conn: &mut PgConnection,
+    deliveries: &[Delivery],
+    which: &[usize],
+    effects: &mut Effects<'_>,
+) -> Result<Vec<Result<Outcome, HandleError>>, HandleError> {
+    let alone = which.len() == 1;
     conn.transaction(|conn| {
         diesel::sql_query("SET LOCAL synchronous_commit TO OFF")
             .execute(conn)
             .map_err(db_error)?;
-        let logged = notifications::lock_for_delivery(conn, &row).map_err(db_error)?;
-        if logged.status == DeliveryStatus::Sent {
-            tracing::info!(
-                order_id = delivery.order_id.0,
-                consumer = delivery.consumer,
-                "already handled; nothing done"
-            );
-            record_attempt(conn, delivery, AttemptOutcome::Duplicate, None, None)?;
-            return Ok(Outcome::AlreadyDone);
+        let rows: Vec<_> = which
+            .iter()
+            .map(|&i| log_row(&deliveries[i], DeliveryStatus::Pending))
+            .collect();
+        let statuses = notifications::lock_for_delivery(conn, &rows).map_err(db_error)?;
+        let mut results: Vec<Option<Result<Outcome, HandleError>>> =
+            which.iter().map(|_| None).collect();
+        let mut todo = Vec::new();
+        for (k, &i) in which.iter().enumerate() {
+            let delivery = &deliveries[i];
+            if statuses.get(&delivery.event_id) == Some(&DeliveryStatus::Sent) {
+                tracing::info!(
+                    order_id = delivery.order_id.0,
+                    consumer = delivery.consumer,
+                    "already handled; nothing done"
+                );
+                record_attempt(conn, delivery, AttemptOutcome::Duplicate, None, None)?;
+                results[k] = Some(Ok(Outcome::AlreadyDone));
+            } else {
+                todo.push(k);
+            }
         }
-        let reply = effect(conn)?;
-        // The `sent` mark and its attempt row in one round trip.
-        let attempt = delivery.attempt as i32;
-        notifications::mark_sent(conn, delivery.event_id, delivery.consumer, attempt, &reply)
-            .map_err(db_error)?;
-        Ok(Outcome::Done { reply })
+        let mut sent = Vec::new();
+        let mut done = |k: usize, reply: String, results: &mut [Option<_>]| {
+            let delivery = &deliveries[which[k]];
+            sent.push(notifications::Sent {
+                event_id: delivery.event_id,
+                attempt: delivery.attempt as i32,
+                reply: reply.clone(),
+                at: chrono::Utc::now(),
+            });
+            results[k] = Some(Ok(Outcome::Done { reply }));
+        };
+        match effects {
+            Effects::Writes(effect) if !todo.is_empty() => {
+                let indices: Vec<usize> = todo.iter().map(|&k| which[k]).collect();
+                let replies = effect(conn, &indices)?;
+                for (&k, reply) in todo.iter().zip(replies) {
+                    done(k, reply, &mut results);
+                }
+            }
+            Effects::Writes(_) => {}
+            Effects::Sends(marks, send) => {
+                for &k in &todo {
+                    let i = which[k];
+                    match send_once(marks, &deliveries[i], || send(conn, i)) {
+                        Ok(reply) => done(k, reply, &mut results),
+                        Err(error) if alone => return Err(error),
+                        // It wrote nothing: the others go on.
+                        Err(error) => results[k] = Some(Err(error)),
+                    }
+                }
+            }
+        }
+        // Every `sent` mark and its attempt row in one round trip.
+        notifications::mark_sent(conn, deliveries[0].consumer, &sent).map_err(db_error)?;
+        Ok(results
+            .into_iter()
+            .map(|result| result.expect("every delivery has a result"))
+            .collect())
     })
+}
+
+/// An email's send, unless its mark says it went out before.
+fn send_once(
+    marks: &SentMarks,
+    delivery: &Delivery,
+    send: impl FnOnce() -> Result<String, HandleError>,
+) -> Result<String, HandleError> {
+    if let Some(reply) = marks.get(delivery.consumer, delivery.event_id) {
+        tracing::info!(
+            order_id = delivery.order_id.0,
+            consumer = delivery.consumer,
+            "sent before its delivery could be recorded; recording it, sending nothing"
+        );
+        return Ok(reply);
+    }
+    let reply = send()?;
+    marks.set(delivery.consumer, delivery.event_id, &reply);
+    Ok(reply)
 }
 
 /// Waits until every transaction committed so far on this server is on
 /// disk: a transaction that takes an id commits with the session's
 /// `synchronous_commit = on`, and flushing its commit record flushes the
-/// write-ahead log before it, where every earlier commit is.
+/// write-ahead log before it, where every earlier commit is. One statement,
+/// its own transaction: one round trip.
 pub fn make_durable(db: &PgPool) -> anyhow::Result<()> {
     let mut conn = db.get().context("getting a database connection")?;
-    conn.transaction(|conn| {
-        diesel::sql_query("SELECT pg_current_xact_id()").execute(conn)?;
-        diesel::QueryResult::Ok(())
-    })
-    .context("flushing the delivery log to disk")?;
+    diesel::sql_query("SELECT pg_current_xact_id()")
+        .execute(&mut conn)
+        .context("flushing the delivery log to disk")?;
     Ok(())
-}
-
-/// [`once`] for an effect outside the database — an email — that cannot
-/// be rolled back: the SMTP server's acceptance is also kept in Redis
-/// ([`SentMarks`]) right after its reply and checked before sending. If
-/// PostgreSQL went away between the 250 and the commit, the redelivered
-/// message finds the mark, records the earlier send and sends nothing.
-/// Only a crash between the 250 and the mark (or Redis down as well)
-/// can still send an event twice.
-pub fn once_sending(
-    db: &PgPool,
-    marks: &SentMarks,
-    delivery: &Delivery,
-    send: impl FnOnce(&mut PgConnection) -> Result<String, HandleError>,
-) -> Result<Outcome, HandleError> {
-    once(db, delivery, |conn| {
-        if let Some(reply) = marks.get(delivery.consumer, delivery.event_id) {
-            tracing::info!(
-                order_id = delivery.order_id.0,
-                consumer = delivery.consumer,
-                "sent before its delivery could be recorded; recording it, sending nothing"
-            );
-            return Ok(reply);
-        }
-        let reply = send(conn)?;
-        marks.set(delivery.consumer, delivery.event_id, &reply);
-        Ok(reply)
-    })
 }
 
 /// Records a failed attempt (`retrying` or `dead`) after the delivery

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
+use diesel::PgConnection;
 use lettre::message::Mailbox;
 use uuid::Uuid;
 
-use super::delivery::{self, Delivery};
+use super::delivery::{self, Delivery, Effects, Outcome};
 use crate::cache::{ProductCache, SentMarks, UserCache};
 use crate::db::PgPool;
 use crate::domain::OrderId;
@@ -39,8 +40,9 @@ pub struct Consumer {
 }
 
 /// What a consumer writes: the events it takes and its effect. The rest —
-/// the order id on every log line, the delivery-log rows of failed
-/// attempts, the flush before acks — [`Logged`] does alike for every
+/// making the effect once per event, batching deliveries into one
+/// transaction, the order id on every log line, the delivery-log rows of
+/// failed attempts, the flush before acks — [`Logged`] does alike for every
 /// consumer.
 pub trait Consume: Send + Sync + 'static {
     /// What this consumer's messages carry.
@@ -60,9 +62,46 @@ pub trait Consume: Send + Sync + 'static {
         None
     }
 
-    /// The effect, at most once per delivery: wrapped in
-    /// [`delivery::once`] (or [`delivery::once_sending`] for an email).
-    fn handle(&self, event: &Self::Event, delivery: &Delivery) -> Result<(), HandleError>;
+    /// What the effect is: database writes, or an email.
+    fn kind(&self) -> Kind<'_>;
+
+    /// The effect, run at most once per delivery inside the delivery's
+    /// transaction (see [`delivery::once_each`]); returns what happened,
+    /// for the delivery log (an SMTP reply, a payment).
+    fn effect(
+        &self,
+        conn: &mut PgConnection,
+        event: &Self::Event,
+        delivery: &Delivery,
+    ) -> Result<String, HandleError>;
+
+    /// The effects of several deliveries at once, all or none — for a
+    /// [`Kind::Writes`] consumer that can write a batch in a few
+    /// statements. By default, each [`Consume::effect`] in turn.
+    fn effects(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[(&Self::Event, &Delivery)],
+    ) -> Result<Vec<String>, HandleError> {
+        batch
+            .iter()
+            .map(|(event, delivery)| self.effect(conn, event, delivery))
+            .collect()
+    }
+
+    /// Runs after the effect committed, e.g. to drop cache entries it made
+    /// stale.
+    fn committed(&self, _event: &Self::Event) {}
+}
+
+/// What a consumer's effect is.
+#[derive(Clone, Copy)]
+pub enum Kind<'a> {
+    /// Database writes, in the delivery's transaction.
+    Writes,
+    /// An email, remembered in these marks once the server took it (see
+    /// [`Effects::Sends`]).
+    Sends(&'a SentMarks),
 }
 
 /// A [`Consume`] as the consumer runtime runs it, with the delivery log
@@ -97,12 +136,48 @@ impl<C: Consume> Handler for Logged<C> {
         C::SPEC
     }
 
-    fn handle(&self, message: &Message<'_>) -> Result<(), HandleError> {
-        let event = C::parse(message.body)?;
-        let delivery = Self::delivery(&event, message.attempt);
-        // The runtime's `message` span: every line about it names the order.
-        tracing::Span::current().record("order_id", delivery.order_id.0);
-        self.consumer.handle(&event, &delivery)
+    fn handle(&self, messages: &[Message<'_>]) -> Vec<Result<(), HandleError>> {
+        let mut results: Vec<Option<Result<(), HandleError>>> =
+            messages.iter().map(|_| None).collect();
+        // The messages that parse are delivered together.
+        let (mut events, mut deliveries, mut at) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, message) in messages.iter().enumerate() {
+            match C::parse(message.body) {
+                Ok(event) => {
+                    let delivery = Self::delivery(&event, message.attempt);
+                    // Every line the runtime logs about the message names
+                    // the order.
+                    message.span.record("order_id", delivery.order_id.0);
+                    events.push(event);
+                    deliveries.push(delivery);
+                    at.push(i);
+                }
+                Err(error) => results[i] = Some(Err(error)),
+            }
+        }
+        let mut one = |conn: &mut PgConnection, j: usize| {
+            let _entered = messages[at[j]].span.enter();
+            self.consumer.effect(conn, &events[j], &deliveries[j])
+        };
+        let mut all = |conn: &mut PgConnection, js: &[usize]| {
+            let batch: Vec<_> = js.iter().map(|&j| (&events[j], &deliveries[j])).collect();
+            self.consumer.effects(conn, &batch)
+        };
+        let effects = match self.consumer.kind() {
+            Kind::Writes => Effects::Writes(&mut all),
+            Kind::Sends(marks) => Effects::Sends(marks, &mut one),
+        };
+        let outcomes = delivery::once_each(&self.db, &deliveries, effects);
+        for (j, outcome) in outcomes.into_iter().enumerate() {
+            if matches!(outcome, Ok(Outcome::Done { .. })) {
+                self.consumer.committed(&events[j]);
+            }
+            results[at[j]] = Some(outcome.map(drop));
+        }
+        results
+            .into_iter()
+            .map(|result| result.expect("every message has a result"))
+            .collect()
     }
 
     fn failed(

@@ -7,12 +7,13 @@
 use std::sync::Arc;
 
 use anyhow::anyhow;
+use diesel::PgConnection;
 use lettre::message::Mailbox;
 use lettre::Message as Email;
 use uuid::Uuid;
 
-use super::delivery::{self, db_error, Delivery};
-use super::handler::{Consume, Consumer, Logged};
+use super::delivery::{db_error, Delivery};
+use super::handler::{Consume, Consumer, Kind, Logged};
 use crate::cache::{SentMarks, UserCache};
 use crate::db::models::User;
 use crate::db::PgPool;
@@ -85,21 +86,27 @@ impl Consume for Notifier {
         Some(render::message_id_for(event.event_id(), None))
     }
 
-    /// Renders and sends the event's email unless it was sent before.
-    fn handle(&self, event: &Event, target: &Delivery) -> Result<(), HandleError> {
+    fn kind(&self) -> Kind<'_> {
+        Kind::Sends(&self.sent_marks)
+    }
+
+    /// Renders and sends the event's email.
+    fn effect(
+        &self,
+        conn: &mut PgConnection,
+        event: &Event,
+        _delivery: &Delivery,
+    ) -> Result<String, HandleError> {
         let order = order_of(event)?;
-        delivery::once_sending(&self.db, &self.sent_marks, target, |conn| {
-            let user = self
-                .users
-                .user(conn, order.user_id)
-                .map_err(db_error)?
-                .ok_or_else(|| HandleError::Permanent(anyhow!("unknown user {}", order.user_id)))?;
-            let email = self.render(event, &user).map_err(mail_error)?;
-            let reply = self.mailer.send(&email).map_err(mail_error)?;
-            tracing::info!(order_id = order.id.0, to = %user.email, smtp_reply = %reply, "{} email sent", event.routing_key());
-            Ok(reply)
-        })
-        .map(drop)
+        let user = self
+            .users
+            .user(conn, order.user_id)
+            .map_err(db_error)?
+            .ok_or_else(|| HandleError::Permanent(anyhow!("unknown user {}", order.user_id)))?;
+        let email = self.render(event, &user).map_err(mail_error)?;
+        let reply = self.mailer.send(&email).map_err(mail_error)?;
+        tracing::info!(order_id = order.id.0, to = %user.email, smtp_reply = %reply, "{} email sent", event.routing_key());
+        Ok(reply)
     }
 }
 

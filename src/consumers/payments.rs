@@ -10,6 +10,7 @@
 //! failure). A decline cancels the order (its stock is released) and writes
 //! `payment.declined` and `order.cancelled`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::anyhow;
@@ -17,11 +18,11 @@ use diesel::PgConnection;
 
 use uuid::Uuid;
 
-use super::delivery::{self, db_error, Delivery};
-use super::handler::{Consume, Consumer, Logged};
+use super::delivery::{db_error, Delivery};
+use super::handler::{Consume, Consumer, Kind, Logged};
 use crate::cache::ProductCache;
-use crate::db::models::NewPayment;
-use crate::db::{orders, payments, PgPool};
+use crate::db::models::{NewPayment, Order, Payment};
+use crate::db::{orders, outbox, payments, PgPool};
 use crate::domain::events::{DeclinedPaymentSnapshot, PaymentSnapshot};
 use crate::domain::{
     Event, OrderCreated, OrderId, OrderStatus, PaymentDeclined, PaymentStatus, PaymentSucceeded,
@@ -97,80 +98,142 @@ pub struct Payments {
 }
 
 impl Payments {
-    /// Inside the delivery's transaction, with the order row locked.
-    fn charge_once(
+    /// Charges the orders of a batch of `order.created` events, all or
+    /// none, inside the deliveries' transaction: the orders are locked (in
+    /// id order) and read with their payments, if any; an order paid
+    /// before or no longer pending is not charged; the approved charges are
+    /// written together — one statement each for their payments, their
+    /// orders' `paid` status and their `payment.succeeded` events; a
+    /// decline cancels its order.
+    fn charge_all(
         &self,
         conn: &mut PgConnection,
-        event: &OrderCreated,
-        released: &mut Vec<ProductId>,
-    ) -> Result<String, HandleError> {
-        let order_id = event.order.id;
-        let order = orders::lock(conn, order_id)
+        events: &[&OrderCreated],
+    ) -> Result<Vec<String>, HandleError> {
+        let ids: Vec<OrderId> = events.iter().map(|event| event.order.id).collect();
+        let locked: HashMap<OrderId, Order> = orders::lock_many(conn, &ids)
             .map_err(db_error)?
-            .ok_or_else(|| HandleError::Permanent(anyhow!("order {order_id} does not exist")))?;
-        if let Some(payment) = payments::for_order(conn, order_id).map_err(db_error)? {
-            return Ok(format!(
-                "already {} ({}); nothing charged",
-                payment.status, payment.reference
-            ));
-        }
-        if order.status != OrderStatus::Pending {
-            return Ok(format!("order is {}; nothing charged", order.status));
-        }
-        let payment = |status, reference, reason| NewPayment {
-            order_id,
-            event_id: event.event_id,
-            status,
-            amount_minor: event.order.amount.minor_units(),
-            currency: event.order.currency.as_str(),
-            reference,
-            decline_reason: reason,
-        };
-        let order = &event.order;
+            .into_iter()
+            .map(|order| (order.id, order))
+            .collect();
+        let paid_before: HashMap<OrderId, Payment> = payments::for_orders(conn, &ids)
+            .map_err(db_error)?
+            .into_iter()
+            .map(|payment| (payment.order_id, payment))
+            .collect();
         let now = chrono::Utc::now();
-        let written = match self.gateway.charge(event)? {
-            Charge::Approved { reference } => {
-                payments::insert(conn, &payment(PaymentStatus::Succeeded, &reference, None))
-                    .map_err(db_error)?;
-                order_moves::mark_paid(conn, order_id).map_err(transient)?;
-                let paid = PaymentSucceeded::new(
-                    PaymentSnapshot {
-                        order_id,
-                        amount: order.amount,
-                        currency: order.currency.clone(),
-                        reference: reference.clone(),
-                    },
-                    now,
-                );
-                record(conn, paid.into())?;
-                format!("charged {} {} ({reference})", order.amount, order.currency)
-            }
-            Charge::Declined { reference, reason } => {
-                payments::insert(
-                    conn,
-                    &payment(PaymentStatus::Declined, &reference, Some(&reason)),
+        let mut replies = Vec::with_capacity(events.len());
+        let mut approved = Vec::new();
+        for &event in events {
+            let order_id = event.order.id;
+            let order = locked.get(&order_id).ok_or_else(|| {
+                HandleError::Permanent(anyhow!("order {order_id} does not exist"))
+            })?;
+            let order_snapshot = &event.order;
+            let reply = if let Some(payment) = paid_before.get(&order_id) {
+                format!(
+                    "already {} ({}); nothing charged",
+                    payment.status, payment.reference
                 )
-                .map_err(db_error)?;
-                let declined = PaymentDeclined::new(
-                    DeclinedPaymentSnapshot {
-                        order_id,
-                        amount: order.amount,
-                        currency: order.currency.clone(),
-                        reference: reference.clone(),
-                        reason: reason.clone(),
-                    },
-                    now,
-                );
-                record(conn, declined.into())?;
-                let cancelled =
-                    order_moves::cancel(conn, order_id, &format!("payment declined: {reason}"))
-                        .map_err(transient)?;
-                released.extend(cancelled.released);
-                format!("declined ({reference}): {reason}; order cancelled")
-            }
-        };
-        tracing::info!(order_id = order_id.0, "payment: {written}");
-        Ok(written)
+            } else if order.status != OrderStatus::Pending {
+                format!("order is {}; nothing charged", order.status)
+            } else {
+                match self.gateway.charge(event)? {
+                    Charge::Approved { reference } => {
+                        let reply = format!(
+                            "charged {} {} ({reference})",
+                            order_snapshot.amount, order_snapshot.currency
+                        );
+                        approved.push((event, order, reference));
+                        reply
+                    }
+                    Charge::Declined { reference, reason } => {
+                        decline(conn, event, &reference, &reason, now)?;
+                        format!("declined ({reference}): {reason}; order cancelled")
+                    }
+                }
+            };
+            replies.push(reply);
+        }
+        if !approved.is_empty() {
+            let rows: Vec<NewPayment> = approved
+                .iter()
+                .map(|(event, _, reference)| {
+                    new_payment(event, PaymentStatus::Succeeded, reference, None)
+                })
+                .collect();
+            payments::insert_many(conn, &rows).map_err(db_error)?;
+            let orders: Vec<&Order> = approved.iter().map(|(_, order, _)| *order).collect();
+            order_moves::mark_locked_paid(conn, &orders).map_err(transient)?;
+            let paid: Vec<Event> = approved
+                .iter()
+                .map(|(event, _, reference)| {
+                    PaymentSucceeded::new(
+                        PaymentSnapshot {
+                            order_id: event.order.id,
+                            amount: event.order.amount,
+                            currency: event.order.currency.clone(),
+                            reference: reference.clone(),
+                        },
+                        now,
+                    )
+                    .into()
+                })
+                .collect();
+            outbox::insert_events(conn, &paid).map_err(db_error)?;
+        }
+        for (event, reply) in events.iter().zip(&replies) {
+            tracing::info!(order_id = event.order.id.0, "payment: {reply}");
+        }
+        Ok(replies)
+    }
+}
+
+/// A declined charge: its payment row, `payment.declined`, and the order
+/// cancelled (its stock released, `order.cancelled` written).
+fn decline(
+    conn: &mut PgConnection,
+    event: &OrderCreated,
+    reference: &str,
+    reason: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), HandleError> {
+    let order = &event.order;
+    payments::insert(
+        conn,
+        &new_payment(event, PaymentStatus::Declined, reference, Some(reason)),
+    )
+    .map_err(db_error)?;
+    let declined = PaymentDeclined::new(
+        DeclinedPaymentSnapshot {
+            order_id: order.id,
+            amount: order.amount,
+            currency: order.currency.clone(),
+            reference: reference.to_string(),
+            reason: reason.to_string(),
+        },
+        now,
+    );
+    record(conn, declined.into())?;
+    order_moves::cancel(conn, order.id, &format!("payment declined: {reason}"))
+        .map_err(transient)?;
+    Ok(())
+}
+
+fn new_payment<'a>(
+    event: &'a OrderCreated,
+    status: PaymentStatus,
+    reference: &'a str,
+    decline_reason: Option<&'a str>,
+) -> NewPayment<'a> {
+    NewPayment {
+        order_id: event.order.id,
+        event_id: event.event_id,
+        status,
+        amount_minor: event.order.amount.minor_units(),
+        currency: event.order.currency.as_str(),
+        reference,
+        decline_reason,
     }
 }
 
@@ -189,15 +252,37 @@ impl Consume for Payments {
         (event.event_id, event.order.id)
     }
 
-    /// Charges the order once.
-    fn handle(&self, event: &OrderCreated, target: &Delivery) -> Result<(), HandleError> {
-        let mut released = Vec::new();
-        delivery::once(&self.db, target, |conn| {
-            self.charge_once(conn, event, &mut released)
-        })?;
-        // After commit: the released stock must not be served stale.
-        self.products.invalidate(&released);
-        Ok(())
+    fn kind(&self) -> Kind<'_> {
+        Kind::Writes
+    }
+
+    /// Charges the order: [`Payments::charge_all`] for one.
+    fn effect(
+        &self,
+        conn: &mut PgConnection,
+        event: &OrderCreated,
+        _delivery: &Delivery,
+    ) -> Result<String, HandleError> {
+        let mut replies = self.charge_all(conn, &[event])?;
+        Ok(replies.pop().expect("one reply per event"))
+    }
+
+    fn effects(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[(&OrderCreated, &Delivery)],
+    ) -> Result<Vec<String>, HandleError> {
+        let events: Vec<&OrderCreated> = batch.iter().map(|(event, _)| *event).collect();
+        self.charge_all(conn, &events)
+    }
+
+    /// A declined payment released the order's stock: its products must
+    /// not be served stale. (An approved one changed nothing there; one
+    /// cache miss for each of its products is the price of not telling
+    /// the two apart here.)
+    fn committed(&self, event: &OrderCreated) {
+        let products: Vec<ProductId> = event.order.items.iter().map(|i| i.product_id).collect();
+        self.products.invalidate(&products);
     }
 }
 

@@ -6,11 +6,12 @@
 use std::sync::Arc;
 
 use anyhow::anyhow;
+use diesel::PgConnection;
 use lettre::message::Mailbox;
 use uuid::Uuid;
 
-use super::delivery::{self, Delivery};
-use super::handler::{Consume, Consumer, Logged};
+use super::delivery::Delivery;
+use super::handler::{Consume, Consumer, Kind, Logged};
 use crate::cache::SentMarks;
 use crate::db::PgPool;
 use crate::domain::{OrderId, StockLow, STOCK_LOW};
@@ -66,14 +67,20 @@ impl Consume for StaffAlerts {
         Some(render::message_id_for(event.event_id, Some(SPEC.name)))
     }
 
-    fn handle(&self, event: &StockLow, target: &Delivery) -> Result<(), HandleError> {
-        delivery::once_sending(&self.db, &self.sent_marks, target, |_| {
-            let email = render::staff_alert(event, &self.staff, &self.from, SPEC.name)
-                .map_err(mail_error)?;
-            let reply = self.mailer.send(&email).map_err(mail_error)?;
-            tracing::info!(product_id = %event.product.id, to = %self.staff, smtp_reply = %reply, "low-stock alert sent");
-            Ok(reply)
-        })
-        .map(drop)
+    fn kind(&self) -> Kind<'_> {
+        Kind::Sends(&self.sent_marks)
+    }
+
+    fn effect(
+        &self,
+        _conn: &mut PgConnection,
+        event: &StockLow,
+        _delivery: &Delivery,
+    ) -> Result<String, HandleError> {
+        let email =
+            render::staff_alert(event, &self.staff, &self.from, SPEC.name).map_err(mail_error)?;
+        let reply = self.mailer.send(&email).map_err(mail_error)?;
+        tracing::info!(product_id = %event.product.id, to = %self.staff, smtp_reply = %reply, "low-stock alert sent");
+        Ok(reply)
     }
 }

@@ -82,7 +82,7 @@ pub struct Notification {
     pub consumer: String,
 }
 
-#[derive(Insertable)]
+#[derive(Clone, Insertable)]
 #[diesel(table_name = notifications)]
 pub struct NewNotification<'a> {
     pub event_id: Uuid,

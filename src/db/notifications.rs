@@ -2,52 +2,73 @@
 
 use diesel::dsl::now;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text, Uuid as SqlUuid};
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use uuid::Uuid;
 
 use super::models::{NewNotification, Notification};
 use super::schema::notifications;
 use crate::domain::{AttemptOutcome, DeliveryStatus, OrderId};
 
-/// Creates the event's row if needed and locks it until the transaction
-/// ends. A second worker handling the same event waits here, then sees
-/// `sent` and sends nothing.
+/// Creates the events' rows if needed and locks them until the
+/// transaction ends; returns each event's status. A second worker handling
+/// one of the events waits here, then sees `sent` and sends nothing. The
+/// rows are locked in event-id order, so two batches never deadlock.
 pub fn lock_for_delivery(
     conn: &mut PgConnection,
-    row: &NewNotification<'_>,
-) -> QueryResult<Notification> {
-    diesel::insert_into(notifications::table)
-        .values(row)
+    rows: &[NewNotification<'_>],
+) -> QueryResult<HashMap<Uuid, DeliveryStatus>> {
+    let mut rows = rows.to_vec();
+    rows.sort_by_key(|row| row.event_id);
+    let statuses: Vec<(Uuid, DeliveryStatus)> = diesel::insert_into(notifications::table)
+        .values(&rows)
         .on_conflict((notifications::event_id, notifications::consumer))
         .do_update()
         .set(notifications::updated_at.eq(now))
-        .returning(Notification::as_returning())
-        .get_result(conn)
+        .returning((notifications::event_id, notifications::status))
+        .get_results(conn)?;
+    Ok(statuses.into_iter().collect())
 }
 
-/// Marks the delivery `sent` and records the attempt that sent it, in one
-/// statement (one round trip in the delivery transaction, which holds the
-/// row lock while the effect runs). Returns the attempt rows written (1).
-pub fn mark_sent(
-    conn: &mut PgConnection,
-    event_id: Uuid,
-    consumer: &str,
-    attempt: i32,
-    reply: &str,
-) -> QueryResult<usize> {
+/// A delivery whose effect happened, to be marked `sent`.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    pub event_id: Uuid,
+    pub attempt: i32,
+    /// What happened: the SMTP server's reply, a payment.
+    pub reply: String,
+    /// When: right after the SMTP server's 250, for an email.
+    pub at: DateTime<Utc>,
+}
+
+/// Marks one consumer's deliveries `sent` and records the attempts that
+/// sent them, in one statement (one round trip in the delivery
+/// transaction, which holds the rows' locks). Returns the attempt rows
+/// written.
+pub fn mark_sent(conn: &mut PgConnection, consumer: &str, sent: &[Sent]) -> QueryResult<usize> {
+    if sent.is_empty() {
+        return Ok(0);
+    }
     diesel::sql_query(
-        "WITH sent AS ( \
-             UPDATE notifications SET status = $5, attempts = attempts + 1, \
-                 smtp_reply = $3, sent_at = clock_timestamp(), updated_at = now() \
-             WHERE event_id = $1 AND consumer = $2 RETURNING order_id) \
+        "WITH done AS ( \
+             SELECT * FROM unnest($3::uuid[], $4::int[], $5::text[], $6::timestamptz[]) \
+                 AS d(event_id, attempt, reply, at)), \
+         sent AS ( \
+             UPDATE notifications n SET status = $2, attempts = n.attempts + 1, \
+                 smtp_reply = done.reply, sent_at = done.at, updated_at = now() \
+             FROM done WHERE n.event_id = done.event_id AND n.consumer = $1 \
+             RETURNING n.event_id, n.order_id, done.attempt, done.reply) \
          INSERT INTO delivery_attempts (event_id, consumer, order_id, attempt, outcome, smtp_reply) \
-         SELECT $1, $2, order_id, $4, $6, $3 FROM sent",
+         SELECT event_id, $1, order_id, attempt, $7, reply FROM sent",
     )
-    .bind::<SqlUuid, _>(event_id)
     .bind::<Text, _>(consumer)
-    .bind::<Text, _>(reply)
-    .bind::<diesel::sql_types::Integer, _>(attempt)
     .bind::<Text, _>(DeliveryStatus::Sent)
+    .bind::<Array<SqlUuid>, _>(sent.iter().map(|s| s.event_id).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(sent.iter().map(|s| s.attempt).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(sent.iter().map(|s| s.reply.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Timestamptz>, _>(sent.iter().map(|s| s.at).collect::<Vec<_>>())
     .bind::<Text, _>(AttemptOutcome::Sent)
     .execute(conn)
 }

@@ -34,15 +34,41 @@ pub fn find_by_idempotency_key(conn: &mut PgConnection, key: &str) -> QueryResul
 /// The name of the unique constraint on `orders.idempotency_key`.
 pub const IDEMPOTENCY_KEY_CONSTRAINT: &str = "orders_idempotency_key_key";
 
-/// The order, locked `FOR UPDATE` until the transaction ends: status moves
-/// of one order happen one after the other.
+/// The order, locked `FOR NO KEY UPDATE` until the transaction ends:
+/// status moves of one order happen one after the other. Not `FOR UPDATE`:
+/// that would also block every insert that references the order (a
+/// delivery-log row's foreign-key check takes `FOR KEY SHARE`), and a batch
+/// of deliveries referencing many orders would then deadlock with the
+/// payments being made for them.
 pub fn lock(conn: &mut PgConnection, id: OrderId) -> QueryResult<Option<Order>> {
     orders::table
         .find(id)
-        .for_update()
+        .for_no_key_update()
         .select(Order::as_select())
         .first(conn)
         .optional()
+}
+
+/// [`lock`] for several orders, in id order (so lockers never deadlock);
+/// the ones that exist.
+pub fn lock_many(conn: &mut PgConnection, ids: &[OrderId]) -> QueryResult<Vec<Order>> {
+    orders::table
+        .filter(orders::id.eq_any(ids))
+        .order(orders::id)
+        .for_no_key_update()
+        .select(Order::as_select())
+        .load(conn)
+}
+
+/// Sets the status of several orders in one statement.
+pub fn set_status_many(
+    conn: &mut PgConnection,
+    ids: &[OrderId],
+    status: OrderStatus,
+) -> QueryResult<usize> {
+    diesel::update(orders::table.filter(orders::id.eq_any(ids)))
+        .set((orders::status.eq(status), orders::updated_at.eq(now)))
+        .execute(conn)
 }
 
 pub fn set_status(conn: &mut PgConnection, id: OrderId, status: OrderStatus) -> QueryResult<Order> {

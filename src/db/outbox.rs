@@ -34,6 +34,25 @@ pub fn insert_event(conn: &mut PgConnection, event: &Event) -> QueryResult<Outbo
     )
 }
 
+/// Writes several events to the outbox in one statement, as
+/// [`insert_event`] does one.
+pub fn insert_events(conn: &mut PgConnection, events: &[Event]) -> QueryResult<usize> {
+    let payloads: Vec<serde_json::Value> = events.iter().map(Event::to_json).collect();
+    let rows: Vec<NewOutboxRow> = events
+        .iter()
+        .zip(&payloads)
+        .map(|(event, payload)| NewOutboxRow {
+            event_id: event.event_id(),
+            order_id: event.order_id(),
+            routing_key: event.routing_key(),
+            payload,
+        })
+        .collect();
+    diesel::insert_into(outbox::table)
+        .values(&rows)
+        .execute(conn)
+}
+
 /// Locks up to `limit` unpublished rows, oldest first, skipping rows another
 /// relay holds: concurrent relays never publish the same row at once. Must
 /// run inside a transaction; the locks last until it ends.

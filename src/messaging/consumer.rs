@@ -64,11 +64,35 @@ impl HandleError {
 }
 
 /// A message as the handler sees it.
+#[derive(Clone)]
 pub struct Message<'a> {
     pub body: &'a [u8],
     pub message_id: Option<&'a str>,
     /// 1 for the first attempt, then one more per retry.
     pub attempt: u32,
+    /// The runtime's `message` span: every line it logs about this message
+    /// is in it. A handler records what it learns (`order_id`) here.
+    pub span: tracing::Span,
+}
+
+impl<'a> Message<'a> {
+    fn of(delivery: &'a Delivery) -> Self {
+        let properties = &delivery.properties;
+        let headers = properties.headers().as_ref();
+        let attempt = header_int(headers, headers::ATTEMPTS).unwrap_or(0).max(0) as u32 + 1;
+        let message_id = properties.message_id().as_deref();
+        Self {
+            body: &delivery.body,
+            message_id,
+            attempt,
+            span: tracing::info_span!(
+                "message",
+                message_id = message_id.unwrap_or("-"),
+                attempt,
+                order_id = tracing::field::Empty
+            ),
+        }
+    }
 }
 
 /// What happened to a failed message.
@@ -106,7 +130,11 @@ pub fn route(
 pub trait Handler: Send + Sync {
     fn spec(&self) -> ConsumerSpec;
 
-    fn handle(&self, message: &Message<'_>) -> Result<(), HandleError>;
+    /// Handles a batch of messages — the ones the broker had already sent
+    /// when the slot took the first, a single one under light load — and
+    /// returns one result per message, in order. One message's failure
+    /// must not fail the others.
+    fn handle(&self, messages: &[Message<'_>]) -> Vec<Result<(), HandleError>>;
 
     /// Called after a failure was routed (retry or dead letter), before the
     /// message is acked, e.g. to write a delivery log. Errors are logged.
@@ -212,13 +240,16 @@ const SLOT_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// tries, at most.
 const OUTAGE_PAUSE_MAX: Duration = Duration::from_secs(10);
 /// Unacked messages a slot may hold: the broker sends the next ones while
-/// it handles one (no round trip between messages), and the handled ones
-/// are acked together after one [`Handler::durable`] — one disk flush for
-/// up to this many deliveries. They are handled in order, and a shutdown
-/// or crash returns the unacked ones to the queue.
+/// it handles the current batch, so the slot never waits for a round trip
+/// between messages. Also the largest batch: the messages waiting when the
+/// slot takes one are handled together (one delivery transaction, see
+/// [`Handler::handle`]), then acked together after one
+/// [`Handler::durable`] — one disk flush and one ack for the batch. They
+/// are handled in order, and a shutdown or crash returns the unacked ones
+/// to the queue.
 const PREFETCH_PER_SLOT: u16 = 16;
 
-/// One channel, one message at a time.
+/// One channel, one batch of messages at a time.
 struct Slot<'a> {
     channel: &'a Channel,
     topology: &'a Topology,
@@ -242,30 +273,45 @@ impl Slot<'_> {
         // Handled, not yet acked: waiting for one durable() for all.
         let mut handled: Vec<Delivery> = Vec::new();
         while !shutdown.is_triggered() && !failed.load(Ordering::SeqCst) {
-            match consumer.receiver().recv_timeout(Duration::from_millis(100)) {
-                Ok(ConsumerMessage::Delivery(delivery)) => {
-                    self.activity.begin();
-                    let result = self.process(&mut confirms, delivery, shutdown, &mut handled);
-                    self.activity.end();
-                    let transient = result?;
-                    // Ack once no more messages wait here (or the slot
-                    // holds its most): under load, many acks share one
-                    // flush; when idle, each message is acked at once.
-                    if transient
-                        || handled.len() >= usize::from(PREFETCH_PER_SLOT)
-                        || consumer.receiver().is_empty()
-                    {
-                        self.ack(&mut handled)?;
-                    }
-                    if transient {
-                        shutdown.sleep(backoff.next_delay());
-                    } else {
-                        backoff.reset();
-                    }
-                }
+            let first = match consumer.receiver().recv_timeout(Duration::from_millis(100)) {
+                Ok(ConsumerMessage::Delivery(delivery)) => delivery,
                 Ok(other) => bail!("consumer on {queue} stopped: {other:?}"),
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => bail!("consumer on {queue} disconnected"),
+            };
+            // The messages already here join the first one's batch.
+            let mut batch = vec![first];
+            let mut stopped = None;
+            while batch.len() < usize::from(PREFETCH_PER_SLOT) {
+                match consumer.receiver().try_recv() {
+                    Ok(ConsumerMessage::Delivery(delivery)) => batch.push(delivery),
+                    Ok(other) => {
+                        stopped = Some(other);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.activity.begin();
+            let result = self.process(&mut confirms, batch, shutdown, &mut handled);
+            self.activity.end();
+            let transient = result?;
+            if let Some(other) = stopped {
+                bail!("consumer on {queue} stopped: {other:?}");
+            }
+            // Ack once no more messages wait here (or the slot holds its
+            // most): under load, a batch shares one flush and one ack;
+            // when idle, each message is acked at once.
+            if transient
+                || handled.len() >= usize::from(PREFETCH_PER_SLOT)
+                || consumer.receiver().is_empty()
+            {
+                self.ack(&mut handled)?;
+            }
+            if transient {
+                shutdown.sleep(backoff.next_delay());
+            } else {
+                backoff.reset();
             }
         }
         self.ack(&mut handled)?;
@@ -276,8 +322,11 @@ impl Slot<'_> {
     }
 
     /// Acks the handled deliveries once the handler made their records
-    /// durable. If it cannot, none is acked: the broker redelivers them and
-    /// the delivery log makes the repeat harmless.
+    /// durable: one ack for all, the last one's with `multiple`, which is
+    /// right because the slot takes and handles its messages in order —
+    /// every earlier delivery on this channel is acked or in `handled`. If
+    /// the flush fails, none is acked: the broker redelivers them and the
+    /// delivery log makes the repeat harmless.
     fn ack(&self, handled: &mut Vec<Delivery>) -> anyhow::Result<()> {
         if handled.is_empty() {
             return Ok(());
@@ -285,119 +334,140 @@ impl Slot<'_> {
         self.handler
             .durable()
             .context("making the delivery log durable before acking")?;
-        for delivery in handled.drain(..) {
-            delivery.ack(self.channel).context("acking")?;
+        let last = handled.pop().expect("not empty");
+        handled.clear();
+        last.ack_multiple(self.channel).context("acking")
+    }
+
+    /// Handles a batch of deliveries and adds them to `handled`, to be
+    /// acked — each failed one after its retry or dead letter was
+    /// confirmed. An error leaves them unacked for redelivery. Returns
+    /// whether one failed transiently. Through an outage it acks what was
+    /// handled before, holds the messages the outage stopped and tries them
+    /// again; a shutdown meanwhile leaves the batch unacked (requeued).
+    fn process(
+        &self,
+        confirms: &mut Confirms,
+        batch: Vec<Delivery>,
+        shutdown: &Shutdown,
+        handled: &mut Vec<Delivery>,
+    ) -> anyhow::Result<bool> {
+        let messages: Vec<Message> = batch.iter().map(Message::of).collect();
+        let mut results: Vec<Option<Result<(), HandleError>>> =
+            messages.iter().map(|_| None).collect();
+        let mut pause = Backoff::up_to(OUTAGE_PAUSE_MAX);
+        let mut holding = false;
+        loop {
+            let waiting: Vec<usize> = (0..messages.len())
+                .filter(|&i| results[i].is_none())
+                .collect();
+            let subset: Vec<Message> = waiting.iter().map(|&i| messages[i].clone()).collect();
+            let mut outage = false;
+            for (&i, result) in waiting.iter().zip(self.handle(&subset)) {
+                match result {
+                    // The handler's service logs the outage once; per
+                    // message it is only a debug line.
+                    Err(HandleError::Unavailable(error)) => {
+                        let _entered = messages[i].span.enter();
+                        tracing::debug!(%error, "holding the message through an outage");
+                        outage = true;
+                    }
+                    result => results[i] = Some(result),
+                }
+            }
+            if !outage {
+                break;
+            }
+            self.ack(handled)?;
+            // Waiting for a service is not work: `--exit-when-idle` may
+            // end the worker, and the messages are requeued.
+            if !holding {
+                self.activity.end();
+                holding = true;
+            }
+            if shutdown.sleep(pause.next_delay()) {
+                self.activity.begin();
+                return Ok(false);
+            }
+        }
+        if holding {
+            self.activity.begin();
+        }
+        let mut transient = false;
+        for ((delivery, message), result) in batch.iter().zip(&messages).zip(results) {
+            if let Some(Err(error)) = result {
+                transient |= matches!(error, HandleError::Transient(_));
+                let _entered = message.span.enter();
+                self.route_failure(confirms, delivery, message, &error)?;
+            }
+        }
+        handled.extend(batch);
+        Ok(transient)
+    }
+
+    /// Publishes a failed message to its retry queue or the dead-letter
+    /// queue (confirmed), then lets the handler record the failure.
+    fn route_failure(
+        &self,
+        confirms: &mut Confirms,
+        delivery: &Delivery,
+        message: &Message<'_>,
+        error: &HandleError,
+    ) -> anyhow::Result<()> {
+        let spec = self.handler.spec();
+        let attempt = message.attempt;
+        let disposition = route(
+            error,
+            attempt,
+            self.options.max_attempts,
+            &self.topology.retry_delays,
+        );
+        let (exchange, routing_key) = match disposition {
+            Disposition::Retrying { delay } => {
+                tracing::warn!(%error, "attempt {attempt} failed ({}); retrying in {delay:?}", error.class());
+                (
+                    self.topology.retry_exchange(),
+                    self.topology.retry_key(spec.name, delay),
+                )
+            }
+            Disposition::DeadLettered => {
+                tracing::error!(%error, "attempt {attempt} failed ({}); dead-lettered", error.class());
+                (self.topology.dead_exchange(), spec.name.to_string())
+            }
+        };
+        let mut outgoing = failed_copy(delivery, &self.topology.queue(spec.name), error, attempt);
+        outgoing.routing_key = routing_key;
+        confirms.publish(self.channel, &exchange, &[outgoing])?;
+        if let Err(log_error) = self.handler.failed(message, error, disposition) {
+            tracing::warn!("recording the failure: {log_error:#}");
         }
         Ok(())
     }
 
-    /// Handles one delivery and adds it to `handled`, to be acked — after
-    /// its retry or dead letter was confirmed. An error leaves it unacked
-    /// for redelivery. Returns whether it failed transiently. Through an
-    /// outage it acks what was handled before, holds the delivery and tries
-    /// again; a shutdown meanwhile leaves it unacked (requeued).
-    fn process(
-        &self,
-        confirms: &mut Confirms,
-        delivery: Delivery,
-        shutdown: &Shutdown,
-        handled: &mut Vec<Delivery>,
-    ) -> anyhow::Result<bool> {
-        let properties = &delivery.properties;
-        let headers = properties.headers().as_ref();
-        let attempt = header_int(headers, headers::ATTEMPTS).unwrap_or(0).max(0) as u32 + 1;
-        let message = Message {
-            body: &delivery.body,
-            message_id: properties.message_id().as_deref(),
-            attempt,
+    /// Runs the handler on a batch. A poison message must not take the
+    /// worker down, nor fail its neighbours: if the handler panics, each
+    /// message is tried alone, and one that panics alone fails permanently.
+    fn handle(&self, messages: &[Message<'_>]) -> Vec<Result<(), HandleError>> {
+        let run = |messages: &[Message<'_>]| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.handle(messages)))
         };
-        // Handlers record what they know of the message (order_id), so every
-        // line about it — including the failure routing below — carries it.
-        let span = tracing::info_span!(
-            "message",
-            message_id = message.message_id.unwrap_or("-"),
-            attempt,
-            order_id = tracing::field::Empty
-        );
-        let _entered = span.enter();
-
-        let mut pause = Backoff::up_to(OUTAGE_PAUSE_MAX);
-        let mut holding = false;
-        let result = loop {
-            match self.handle(&message) {
-                // The handler's service logs the outage once; per message
-                // it is only a debug line.
-                Err(HandleError::Unavailable(error)) => {
-                    tracing::debug!(%error, "holding the message through an outage");
-                    self.ack(handled)?;
-                    // Waiting for a service is not work: `--exit-when-idle`
-                    // may end the worker, and the message is requeued.
-                    if !holding {
-                        self.activity.end();
-                        holding = true;
-                    }
-                    if shutdown.sleep(pause.next_delay()) {
-                        self.activity.begin();
-                        return Ok(false);
-                    }
-                }
-                result => break result,
-            }
-        };
-        if holding {
-            self.activity.begin();
-        }
-        let transient = matches!(result, Err(HandleError::Transient(_)));
-        if let Err(error) = result {
-            let spec = self.handler.spec();
-            let disposition = route(
-                &error,
-                attempt,
-                self.options.max_attempts,
-                &self.topology.retry_delays,
-            );
-            let (exchange, routing_key) = match disposition {
-                Disposition::Retrying { delay } => {
-                    tracing::warn!(%error, "attempt {attempt} failed ({}); retrying in {delay:?}", error.class());
-                    (
-                        self.topology.retry_exchange(),
-                        self.topology.retry_key(spec.name, delay),
-                    )
-                }
-                Disposition::DeadLettered => {
-                    tracing::error!(%error, "attempt {attempt} failed ({}); dead-lettered", error.class());
-                    (self.topology.dead_exchange(), spec.name.to_string())
-                }
-            };
-            let mut outgoing =
-                failed_copy(&delivery, &self.topology.queue(spec.name), &error, attempt);
-            outgoing.routing_key = routing_key;
-            confirms.publish(self.channel, &exchange, &[outgoing])?;
-            if let Err(log_error) = self.handler.failed(&message, &error, disposition) {
-                tracing::warn!("recording the failure: {log_error:#}");
-            }
-        }
-        handled.push(delivery);
-        Ok(transient)
-    }
-}
-
-impl Slot<'_> {
-    /// Runs the handler once. A poison message must not take the worker
-    /// down: a panic in the handler is a permanent failure of that message.
-    fn handle(&self, message: &Message<'_>) -> Result<(), HandleError> {
-        std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.handle(message))).unwrap_or_else(
-            |panic| {
+        match run(messages) {
+            Ok(results) => results,
+            Err(_) if messages.len() > 1 => messages
+                .iter()
+                .flat_map(|message| self.handle(std::slice::from_ref(message)))
+                .collect(),
+            Err(panic) => {
                 let what = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                Err(HandleError::Permanent(anyhow::anyhow!(
+                vec![Err(HandleError::Permanent(anyhow::anyhow!(
                     "the handler panicked: {what}"
-                )))
-            },
-        )
+                )))]
+            }
+        }
     }
 }
 

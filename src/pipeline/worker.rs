@@ -20,6 +20,12 @@ use crate::messaging::topology::Topology;
 use crate::send_rate::SendRate;
 use crate::shutdown::{Activity, Shutdown};
 
+/// PostgreSQL connections the slots share, at most (plus one): a slot holds
+/// one only while its batch's transaction runs, PostgreSQL does a batch's
+/// work in a few milliseconds on a few cores, and `max_connections` (100 by
+/// default) is shared by every worker, relay and server.
+const MAX_DB_CONNECTIONS: u32 = 16;
+
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
     /// Per consumer: each runs this many slots.
@@ -47,7 +53,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let slots = u32::from(options.consumer.concurrency.max(1)) * consumers.len().max(1) as u32;
     let deps = Deps {
-        db: db::pool(&settings.database_url, slots + 1)?,
+        db: db::pool(&settings.database_url, slots.min(MAX_DB_CONNECTIONS) + 1)?,
         users: Arc::new(UserCache::new(
             &settings.redis_url,
             settings.namespace.clone(),

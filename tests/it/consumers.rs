@@ -290,3 +290,65 @@ fn a_dead_lettered_payment_is_charged_once_when_replayed() {
     assert_eq!(env.count("payments"), 1);
     assert_eq!(env.emails().len(), 1, "one confirmation");
 }
+
+#[test]
+fn one_bad_event_in_a_batch_fails_alone_and_the_rest_are_handled_once() {
+    use ordctl::domain::events::OrderSnapshot;
+    use ordctl::domain::{Currency, Event, Money, OrderCreated, OrderId, UserId};
+
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    env.ordctl(["place-order", "--count", "10"]).assert_code(0);
+    // An event about an order that does not exist, queued behind the ten:
+    // one slot takes all eleven as one batch, whose delivery-log insert
+    // fails on the foreign key.
+    let bogus = Event::OrderCreated(OrderCreated::new(
+        OrderSnapshot {
+            id: OrderId(999_999),
+            user_id: UserId(3),
+            amount: Money::parse("42").unwrap(),
+            currency: Currency::default(),
+            items: Vec::new(),
+        },
+        chrono::Utc::now(),
+    ));
+    let mut publisher =
+        Publisher::connect(&env.settings.amqp_url, &env.topology()).expect("connecting");
+    let body = serde_json::to_vec(&bogus.to_json()).unwrap();
+    let outgoing = Outgoing::new("order.created", bogus.event_id().to_string(), body);
+    publisher.publish_events(&[outgoing]).expect("publishing");
+    publisher.close();
+
+    let run = env.run_worker(&["--concurrency", "1"]);
+    assert!(
+        run.stderr.contains("failed together"),
+        "the eleven were not one batch:\n{}",
+        run.stderr
+    );
+    let emails = env.wait_for_emails(10);
+    let mut ids: Vec<&str> = emails.iter().map(|e| e.message_id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "each confirmation once");
+    assert_eq!(env.count("payments"), 10);
+    assert_eq!(
+        env.scalar("SELECT count(*) AS n FROM notifications WHERE status = 'sent'"),
+        20
+    );
+    let dead = env
+        .ordctl(["replay-dlq", "--dry-run", "--json"])
+        .assert_code(0)
+        .json();
+    let messages = dead["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 2, "one per consumer: {dead}");
+    for message in messages {
+        assert_eq!(message["message_id"], bogus.event_id().to_string());
+        assert!(
+            message["reason"]
+                .as_str()
+                .unwrap()
+                .contains("does not exist"),
+            "{dead}"
+        );
+    }
+}
