@@ -79,8 +79,8 @@ pub struct SettingsArgs {
     )]
     pub namespace: String,
 
-    /// Type of the work and dead-letter queues; quorum for a RabbitMQ
-    /// cluster. Every process of a namespace must use the same.
+    /// Type of the work, retry and dead-letter queues; quorum for a
+    /// RabbitMQ cluster. Every process of a namespace must use the same.
     #[arg(long, env = "ORDCTL_QUEUE_TYPE", global = true, value_enum, default_value_t = QueueType::Classic)]
     pub queue_type: QueueType,
 }

@@ -159,7 +159,7 @@ impl Topology {
                     "x-dead-letter-routing-key".into(),
                     AmqpValue::LongString(queue.clone()),
                 );
-                self.declare_queue(channel, &retry, arguments)?;
+                self.declare_queue(channel, &retry, self.typed_retry(arguments))?;
                 channel.queue_bind(
                     retry.as_str(),
                     self.retry_exchange(),
@@ -193,6 +193,26 @@ impl Topology {
             );
         }
         arguments
+    }
+
+    /// A retry queue is of the namespace's type too: on a cluster, a
+    /// classic retry queue lives on one node, and while that node is down
+    /// it cannot even be declared, which stops every publisher and consumer
+    /// of the namespace. A quorum retry queue dead-letters at least once
+    /// (RabbitMQ 3.10+), so an expired message is never dropped on its way
+    /// back to the work queue.
+    fn typed_retry(&self, mut arguments: FieldTable) -> FieldTable {
+        if self.queue_type == QueueType::Quorum {
+            arguments.insert(
+                "x-dead-letter-strategy".into(),
+                AmqpValue::LongString("at-least-once".into()),
+            );
+            arguments.insert(
+                "x-overflow".into(),
+                AmqpValue::LongString("reject-publish".into()),
+            );
+        }
+        self.typed(arguments)
     }
 
     fn declare_queue(

@@ -3,7 +3,10 @@
 
 use crate::common;
 
+use std::time::Duration;
+
 use common::{with_password, SmtpSink, TestEnv, AMQP_URL, DOWN_AMQP_URL};
+use ordctl::messaging::topology::QueueType;
 
 #[test]
 fn every_command_moves_on_to_the_next_node_when_the_first_does_not_answer() {
@@ -196,4 +199,58 @@ fn a_throttling_provider_slows_the_fleet_down_without_using_up_attempts() {
     assert!(factor < 1.0, "factor {factor}");
     let warnings = worker.stderr.matches("the SMTP server throttles").count();
     assert!((1..10).contains(&warnings), "{}", worker.stderr);
+}
+
+#[test]
+fn on_quorum_queues_transient_failures_wait_in_quorum_retry_queues_and_are_retried() {
+    const ORDERS: i64 = 20;
+    let env = TestEnv::on(common::POSTGRES_SERVER, AMQP_URL, QueueType::Quorum);
+    env.migrate_and_seed();
+    env.ordctl([
+        "place-order",
+        "--count",
+        &ORDERS.to_string(),
+        "--amount",
+        "42",
+    ])
+    .assert_code(0);
+    // Three attempts: the retries wait 1 s and 5 s, then a third failure
+    // is dead-lettered, so the run stays short whatever the dice say.
+    env.ordctl([
+        "worker",
+        "--payment-fail-rate",
+        "0.5",
+        "--max-attempts",
+        "3",
+        "--exit-when-idle",
+        "2",
+    ])
+    .assert_code(0);
+
+    // Every charge ended: paid, or dead-lettered after its third failure.
+    let dead = env.scalar(
+        "SELECT count(*) AS n FROM notifications WHERE consumer = 'payments' AND status = 'dead'",
+    );
+    assert_eq!(env.count("payments") + dead, ORDERS);
+    // Some came back from a retry queue and were charged then.
+    let charged_on_retry = env.scalar(
+        "SELECT count(*) AS n FROM delivery_attempts \
+         WHERE consumer = 'payments' AND outcome = 'sent' AND attempt > 1",
+    );
+    assert!(charged_on_retry > 0, "no charge succeeded on a retry");
+    // The retry queue is a quorum queue: declaring it classic is refused.
+    let retry_queue = env
+        .topology()
+        .retry_queue("payments", Duration::from_secs(1));
+    let mut connection = ordctl::messaging::connect(&env.settings.amqp_url).expect("connecting");
+    let channel = connection.open_channel(None).expect("a channel");
+    let classic = channel.queue_declare(
+        retry_queue.as_str(),
+        amiquip::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+    );
+    assert!(classic.is_err(), "{retry_queue} is not a quorum queue");
+    let _ = connection.close();
 }
