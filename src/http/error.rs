@@ -9,6 +9,9 @@ use axum::Json;
 
 use crate::error::{invalid_input, not_found, refused};
 
+/// The largest request body accepted; larger ones get 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
 /// An error response. Built from the library's error kinds: `InvalidInput`
 /// is 422, `NotFound` 404, `Refused` 409; anything else is an operational
 /// failure (500), logged with its cause chain and shown without it.
@@ -109,7 +112,7 @@ pub async fn json_errors(response: Response) -> Response {
     let message = match status {
         StatusCode::PAYLOAD_TOO_LARGE => format!(
             "request body too large (the limit is {} KiB)",
-            super::BODY_LIMIT / 1024
+            BODY_LIMIT / 1024
         ),
         StatusCode::REQUEST_TIMEOUT => "request timed out".to_string(),
         StatusCode::NOT_FOUND if text.trim().is_empty() => "no such route".to_string(),

@@ -8,12 +8,16 @@
 //! under one wait while the requests await their answer.
 
 pub mod auth;
+pub mod credentials;
 pub mod error;
 pub mod routes;
+pub mod state;
+
+pub use error::BODY_LIMIT;
+pub use state::AppState;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,15 +33,14 @@ use tower_http::trace::TraceLayer;
 
 use crate::cache::ProductCache;
 use crate::config::Settings;
-use crate::db::{self, PgPool};
+use crate::db;
 use crate::feed::Feed;
 use crate::messaging::publisher::PublisherPool;
 use crate::pipeline::publishing::Publishing;
 use crate::shutdown::Shutdown;
-use auth::{AdminToken, Sessions};
+use credentials::{AdminToken, Sessions};
+use state::Inner;
 
-/// The largest request body accepted; larger ones get 413.
-pub const BODY_LIMIT: usize = 64 * 1024;
 /// How long a request may take before it gets 408 (SSE streams are not
 /// affected: their response starts at once).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,56 +52,6 @@ pub struct ServeOptions {
     pub admin_token: AdminToken,
     /// PostgreSQL connections (and so orders placed at once).
     pub pool_size: u32,
-}
-
-/// What every handler shares. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-pub struct Inner {
-    pub settings: Settings,
-    pub pool: PgPool,
-    /// Publishes what requests committed, many requests under one
-    /// confirm wait.
-    pub publishing: Publishing,
-    /// `GET /products/{id}` reads through it; stock changes invalidate it.
-    pub products: ProductCache,
-    pub feed: Feed,
-    pub admin: AdminToken,
-    pub sessions: Sessions,
-    /// Per port: two servers on one host must not share a login cookie.
-    pub cookie_name: String,
-    /// Flips to true when the server stops: live streams end, so the
-    /// graceful shutdown does not wait for them forever.
-    pub stopping: watch::Receiver<bool>,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
-}
-
-impl AppState {
-    /// Runs blocking work (diesel) on the blocking pool.
-    pub async fn blocking<T, F>(&self, work: F) -> Result<T, error::ApiError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&AppState) -> anyhow::Result<T> + Send + 'static,
-    {
-        let state = self.clone();
-        Ok(tokio::task::spawn_blocking(move || work(&state)).await??)
-    }
-
-    /// A pooled PostgreSQL connection (blocking).
-    pub fn conn(
-        &self,
-    ) -> anyhow::Result<
-        diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<diesel::PgConnection>>,
-    > {
-        self.pool.get().context("getting a database connection")
-    }
 }
 
 /// Every route. Admin routes sit behind [`auth::require_admin`].
@@ -179,7 +132,7 @@ pub fn serve(
     let pool = db::pool(&settings.database_url, options.pool_size)?;
     let (feed, reader) = Feed::start(&settings.database_url, pool.clone(), shutdown)?;
     let (stop, stopping) = watch::channel(false);
-    let state = AppState(Arc::new(Inner {
+    let state = AppState::new(Inner {
         settings: settings.clone(),
         pool,
         publishing: Publishing::start(
@@ -196,7 +149,7 @@ pub fn serve(
         sessions: Sessions::default(),
         cookie_name: format!("ordctl_session_{}", address.port()),
         stopping,
-    }));
+    });
     tracing::info!("listening on http://{address}");
     let watcher = shutdown.clone();
     let result = runtime.block_on(

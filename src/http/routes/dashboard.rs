@@ -8,9 +8,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::http::auth::{cookie, is_admin, SESSION_TTL};
+use crate::http::auth::{cookie, is_admin};
+use crate::http::credentials::SESSION_TTL;
 use crate::http::error::ApiError;
-use crate::http::AppState;
+use crate::http::state::AppState;
 
 const PAGE: &str = include_str!("../dashboard.html");
 /// How long a wrong token waits for its 401.

@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::feed::{FeedEvent, PAGE};
 use crate::http::error::ApiError;
-use crate::http::AppState;
+use crate::http::state::AppState;
 
 /// Events buffered per client before its follower waits (and then, if
 /// the client stays slow, lags and catches up from the database).

@@ -11,7 +11,7 @@ use axum::Json;
 use diesel::RunQueryDsl;
 use serde_json::json;
 
-use crate::http::AppState;
+use crate::http::state::AppState;
 
 /// How long each readiness check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);

@@ -19,7 +19,7 @@ use crate::domain::{
 };
 use crate::error::InvalidInput;
 use crate::http::error::ApiError;
-use crate::http::AppState;
+use crate::http::state::AppState;
 use crate::pipeline::orders::{self, OrderView};
 use crate::pipeline::place_order::{self, Placed};
 

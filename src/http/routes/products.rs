@@ -15,7 +15,7 @@ use super::fields::{parse_currency, parse_id, parse_money};
 use crate::domain::{NewProduct, Product, ProductId, Quantity, StockLevel};
 use crate::error::{InvalidInput, NotFound};
 use crate::http::error::ApiError;
-use crate::http::AppState;
+use crate::http::state::AppState;
 use crate::pipeline::products;
 
 #[derive(Deserialize)]

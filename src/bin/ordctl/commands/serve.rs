@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use ordctl::http::auth::AdminToken;
+use ordctl::http::credentials::AdminToken;
 use ordctl::http::{self, ServeOptions};
 use ordctl::shutdown::Shutdown;
 
