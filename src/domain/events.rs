@@ -8,7 +8,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Currency, Money, OrderId, OrderStatus, ProductId, UserId};
+use super::states::OrderStatus;
+use super::values::{Currency, Money, OrderId, ProductId, UserId};
 
 /// The routing key of [`OrderCreated`].
 pub const ORDER_CREATED: &str = "order.created";
