@@ -205,6 +205,7 @@ impl<'a> Run<'a> {
         let mut window: Vec<(Delivery, DeadLetter)> = Vec::with_capacity(WINDOW);
         let mut listed = 0u64;
         let mut seen = 0u64;
+        let mut last_delivery = Instant::now();
         let result = loop {
             // `messages` holds what moved, or with --dry-run what would.
             if self.options.limit.is_some_and(|limit| listed >= limit) {
@@ -222,8 +223,15 @@ impl<'a> Run<'a> {
                     if let Err(error) = self.flush(&mut window, work_queue) {
                         break Err(error);
                     }
+                    // None ready is not yet the end while fewer came than
+                    // the DLQ held: the broker counts what it has sent us
+                    // but we have not read yet as unacked, not ready. Only
+                    // if none comes for a long while (another process took
+                    // them) does the run end short of the count.
                     match messaging::queue_counts(self.channel, dlq) {
-                        Ok((0, _)) => break Ok(()),
+                        Ok((0, _)) if seen >= estimate || last_delivery.elapsed() > SETTLE => {
+                            break Ok(())
+                        }
                         Ok(_) => continue,
                         Err(error) => break Err(error),
                     }
@@ -232,6 +240,7 @@ impl<'a> Run<'a> {
                     break Err(anyhow::anyhow!("reading {dlq}: the channel closed"))
                 }
             };
+            last_delivery = Instant::now();
             let headers = delivery.properties.headers().as_ref();
             if header_str(headers, RUN_HEADER) == Some(self.id.as_str()) {
                 // Moved by this very run and dead again: everything older
