@@ -11,7 +11,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::db::models::{Order, OrderItem};
-use crate::db::{order_items, orders, outbox, products};
+use crate::db::{self, order_items, orders, outbox, products};
 use crate::domain::events::ItemSnapshot;
 use crate::domain::{
     Event, Money, OrderCancelled, OrderId, OrderSnapshot, OrderStatus, OrderStatusUpdated,
@@ -132,50 +132,56 @@ pub fn set_status(
     order_id: OrderId,
     to: OrderStatus,
 ) -> anyhow::Result<StatusChanged> {
-    conn.transaction::<_, anyhow::Error, _>(|conn| {
-        let order = lock(conn, order_id)?;
-        let from = order.status;
-        if to == OrderStatus::Paid {
-            return Err(InvalidInput::new(format!(
-                "order {order_id} cannot be set to paid: only a payment marks an order paid"
-            ))
-            .into());
-        }
-        if from == to {
-            return Err(InvalidInput::new(format!("order {order_id} is already {to}")).into());
-        }
-        if let Err(illegal) = check_move(&order, to) {
-            return Err(InvalidInput::new(illegal.to_string()).into());
-        }
-        if to == OrderStatus::Cancelled {
-            let cancelled = cancel(conn, order_id, "cancelled by an admin")?;
-            return Ok(StatusChanged {
+    let changed = conn
+        .transaction::<_, anyhow::Error, _>(|conn| {
+            let order = lock(conn, order_id)?;
+            let from = order.status;
+            if to == OrderStatus::Paid {
+                return Err(InvalidInput::new(format!(
+                    "order {order_id} cannot be set to paid: only a payment marks an order paid"
+                ))
+                .into());
+            }
+            if from == to {
+                return Err(InvalidInput::new(format!("order {order_id} is already {to}")).into());
+            }
+            if let Err(illegal) = check_move(&order, to) {
+                return Err(InvalidInput::new(illegal.to_string()).into());
+            }
+            if to == OrderStatus::Cancelled {
+                let cancelled = cancel(conn, order_id, "cancelled by an admin")?;
+                return Ok(StatusChanged {
+                    order_id,
+                    from,
+                    to,
+                    event_id: cancelled.event.event_id,
+                    routing_key: OrderCancelled::ROUTING_KEY,
+                    published: false,
+                    outbox_id: cancelled.outbox_id,
+                    released: cancelled.released,
+                });
+            }
+            let items = order_items::for_order(conn, order.id)?;
+            let order = orders::set_status(conn, order.id, to)?;
+            let event =
+                OrderStatusUpdated::new(snapshot(&order, &items)?, from, to, order.updated_at);
+            let row = outbox::insert_event(conn, &Event::OrderStatusUpdated(event.clone()))?;
+            Ok(StatusChanged {
                 order_id,
                 from,
                 to,
-                event_id: cancelled.event.event_id,
-                routing_key: OrderCancelled::ROUTING_KEY,
+                event_id: event.event_id,
+                routing_key: OrderStatusUpdated::ROUTING_KEY,
                 published: false,
-                outbox_id: cancelled.outbox_id,
-                released: cancelled.released,
-            });
-        }
-        let items = order_items::for_order(conn, order.id)?;
-        let order = orders::set_status(conn, order.id, to)?;
-        let event = OrderStatusUpdated::new(snapshot(&order, &items)?, from, to, order.updated_at);
-        let row = outbox::insert_event(conn, &Event::OrderStatusUpdated(event.clone()))?;
-        Ok(StatusChanged {
-            order_id,
-            from,
-            to,
-            event_id: event.event_id,
-            routing_key: OrderStatusUpdated::ROUTING_KEY,
-            published: false,
-            outbox_id: row.id,
-            released: Vec::new(),
+                outbox_id: row.id,
+                released: Vec::new(),
+            })
         })
-    })
-    .with_context(|| format!("setting order {order_id} to {to}"))
+        .with_context(|| format!("setting order {order_id} to {to}"))?;
+    // The live feed shows the move; a relay publishes its event should the
+    // caller's publish fail.
+    db::notify(conn, &[outbox::CHANNEL, db::feed::CHANNEL]);
+    Ok(changed)
 }
 
 /// The order row, locked until the transaction ends.

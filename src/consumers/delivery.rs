@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::cache::SentMarks;
 use crate::db::delivery_attempts::{self, NewAttempt};
 use crate::db::models::NewNotification;
-use crate::db::{notifications, PgPool};
+use crate::db::{self, notifications, PgPool};
 use crate::domain::{AttemptOutcome, DeliveryStatus, OrderId};
 use crate::messaging::consumer::{Disposition, HandleError};
 
@@ -100,7 +100,10 @@ pub fn once_each(
     let all: Vec<usize> = (0..deliveries.len()).collect();
     if all.len() > 1 {
         match in_one_transaction(&mut conn, deliveries, &all, &mut effects) {
-            Ok(results) => return results,
+            Ok(results) => {
+                wake(&mut conn, &effects);
+                return results;
+            }
             Err(error) => tracing::info!(
                 consumer = deliveries[0].consumer,
                 "{} deliveries failed together ({error}); trying each alone",
@@ -108,12 +111,24 @@ pub fn once_each(
             ),
         }
     }
-    all.iter()
+    let results = all
+        .iter()
         .map(|&i| {
             in_one_transaction(&mut conn, deliveries, &[i], &mut effects)
                 .and_then(|mut results| results.pop().expect("one result per delivery"))
         })
-        .collect()
+        .collect();
+    wake(&mut conn, &effects);
+    results
+}
+
+/// After a delivery transaction: the live feed shows the deliveries, and a
+/// relay publishes the events a database effect wrote.
+fn wake(conn: &mut PgConnection, effects: &Effects<'_>) {
+    match effects {
+        Effects::Writes(_) => db::notify(conn, &[db::feed::CHANNEL, db::outbox::CHANNEL]),
+        Effects::Sends(..) => db::notify(conn, &[db::feed::CHANNEL]),
+    }
 }
 
 /// [`once_each`]'s transaction for `deliveries[i]` for each i in `which`.
@@ -245,6 +260,7 @@ pub fn record_failure(
         notifications::record_failure(conn, &row, &error)?;
         delivery_attempts::record(conn, &attempt(delivery, outcome, Some(&error), None))
     })?;
+    db::notify(&mut conn, &[db::feed::CHANNEL]);
     Ok(())
 }
 

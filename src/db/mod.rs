@@ -17,6 +17,7 @@ pub mod users;
 use std::time::Duration;
 
 use anyhow::Context;
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use diesel::sql_types::{BigInt, Text};
@@ -157,6 +158,19 @@ fn apply_pending(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
         applied.push(name);
     }
     Ok(applied)
+}
+
+/// Wakes whoever LISTENs on `channels` after a commit that wrote what they
+/// wait for — relays ([`outbox::CHANNEL`]), the live feed's readers
+/// ([`feed::CHANNEL`]): one round trip, outside the writer's transaction (a
+/// notification sent inside it would serialise the commits of every
+/// writer, see migration 000005). Only a wake-up: if it fails, the readers'
+/// sweeps find the rows a little later.
+pub fn notify(conn: &mut PgConnection, channels: &[&str]) {
+    let wake: String = channels.iter().map(|c| format!("NOTIFY {c};")).collect();
+    if let Err(error) = conn.batch_execute(&wake) {
+        tracing::debug!(%error, "waking LISTENers");
+    }
 }
 
 /// Waits on a connection that LISTENs: returns when a notification came,

@@ -17,7 +17,7 @@ use super::products::{self, Taken};
 use super::relay;
 use crate::cache::ProductCache;
 use crate::db::models::{NewOrderRow, OrderItem};
-use crate::db::{order_items, orders, outbox, users, PgPool};
+use crate::db::{self, order_items, orders, outbox, users, PgPool};
 use crate::domain::events::{ItemSnapshot, ProductSnapshot};
 use crate::domain::{
     Currency, Event, IdempotencyKey, Money, NewOrder, OrderContents, OrderCreated, OrderId,
@@ -66,7 +66,7 @@ pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Plac
         }
         insert(conn, order)
     });
-    match (result, &order.idempotency_key) {
+    let placed = match (result, &order.idempotency_key) {
         // Another placer committed the same key while this one was
         // inserting: theirs is the first order.
         (Err(error), Some(key)) if is_key_conflict(&error) => replay(conn, key, order)?
@@ -74,7 +74,11 @@ pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Plac
             .ok_or(error),
         (result, _) => result,
     }
-    .with_context(|| format!("placing an order for user {}", order.user_id))
+    .with_context(|| format!("placing an order for user {}", order.user_id))?;
+    // The live feed shows the order, and a relay publishes it should the
+    // publish after this fail.
+    db::notify(conn, &[outbox::CHANNEL, db::feed::CHANNEL]);
+    Ok(placed)
 }
 
 fn insert(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, Vec<i64>)> {
