@@ -14,7 +14,7 @@ use amiquip::Connection;
 use anyhow::anyhow;
 use url::Url;
 
-use super::Link;
+use super::link::Link;
 use crate::secrets::redact;
 
 /// The broker URLs, in the order given, and which one to try first. Clones
