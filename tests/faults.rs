@@ -561,10 +561,9 @@ fn a_postgresql_restart_under_load_loses_nothing() {
     assert_eq!(tally.duplicates, 0, "{} duplicates", tally.duplicates);
 }
 
-/// Orders of the cluster scenario: enough for the kill to land while
-/// orders are placed and emailed, few enough for CI (the benchmark takes
-/// more).
-const CLUSTER_ORDERS: usize = 2000;
+/// Orders of the cluster scenario: 5,000, placed while the node dies and
+/// comes back.
+const CLUSTER_ORDERS: usize = 5000;
 /// Slots (consumers) per worker in the cluster scenario.
 const SLOTS: u32 = 4;
 
