@@ -68,8 +68,8 @@ pub struct StatusChanged {
 pub fn mark_paid(conn: &mut PgConnection, order_id: OrderId) -> anyhow::Result<Order> {
     conn.transaction::<_, anyhow::Error, _>(|conn| {
         let order = lock(conn, order_id)?;
-        mark_locked_paid(conn, &[&order])?;
-        lock(conn, order_id)
+        check_move(&order, OrderStatus::Paid)?;
+        Ok(orders::set_status(conn, order.id, OrderStatus::Paid)?)
     })
     .with_context(|| format!("marking order {order_id} paid"))
 }
