@@ -86,6 +86,9 @@ pub fn once_each(
     deliveries: &[Delivery],
     mut effects: Effects<'_>,
 ) -> Vec<Result<Outcome, HandleError>> {
+    if deliveries.is_empty() {
+        return Vec::new();
+    }
     let mut conn = match db.get() {
         Ok(conn) => conn,
         Err(error) => {
