@@ -208,18 +208,8 @@ fn a_poison_message_is_dead_lettered_on_each_consumers_queue_with_its_reason() {
         .iter()
         .all(|r| r["reason"].as_str().unwrap().contains("not a valid event")));
 
-    let listed = env
-        .ordctl([
-            "replay-dlq",
-            "--consumer",
-            "payments",
-            "--dry-run",
-            "--json",
-        ])
-        .assert_code(0)
-        .json();
-    let messages = listed["messages"].as_array().expect("messages");
-    assert_eq!(messages.len(), 1, "{listed}");
+    let messages = dead_letters(&env, &["--consumer", "payments"]);
+    assert_eq!(messages.len(), 1, "{messages:?}");
     assert_eq!(messages[0]["consumer"], "payments");
     assert_eq!(messages[0]["message_id"], "poison-1");
     env.ordctl(["replay-dlq", "--consumer", "nope"])
@@ -260,24 +250,14 @@ fn a_dead_lettered_payment_is_charged_once_when_replayed() {
     env.run_worker(&failing);
     assert_eq!(order_status(&env, order), "pending");
     assert_eq!(env.count("payments"), 0);
-    let dead = env
-        .ordctl([
-            "replay-dlq",
-            "--consumer",
-            "payments",
-            "--dry-run",
-            "--json",
-        ])
-        .assert_code(0)
-        .json();
-    let messages = dead["messages"].as_array().expect("messages");
-    assert_eq!(messages.len(), 1, "{dead}");
+    let messages = dead_letters(&env, &["--consumer", "payments"]);
+    assert_eq!(messages.len(), 1, "{messages:?}");
     assert!(
         messages[0]["reason"]
             .as_str()
             .unwrap()
             .contains("simulated"),
-        "{dead}"
+        "{messages:?}"
     );
 
     // Replayed twice over (the second run finds nothing): one charge.
@@ -335,20 +315,24 @@ fn one_bad_event_in_a_batch_fails_alone_and_the_rest_are_handled_once() {
         env.scalar("SELECT count(*) AS n FROM notifications WHERE status = 'sent'"),
         20
     );
-    let dead = env
-        .ordctl(["replay-dlq", "--dry-run", "--json"])
-        .assert_code(0)
-        .json();
-    let messages = dead["messages"].as_array().expect("messages");
-    assert_eq!(messages.len(), 2, "one per consumer: {dead}");
-    for message in messages {
+    let messages = dead_letters(&env, &[]);
+    assert_eq!(messages.len(), 2, "one per consumer: {messages:?}");
+    for message in &messages {
         assert_eq!(message["message_id"], bogus.event_id().to_string());
         assert!(
             message["reason"]
                 .as_str()
                 .unwrap()
                 .contains("does not exist"),
-            "{dead}"
+            "{messages:?}"
         );
     }
+}
+
+/// The dead letters `replay-dlq --dry-run --json` lists (with `extra`
+/// arguments, e.g. `--consumer payments`), leaving them in place.
+fn dead_letters(env: &TestEnv, extra: &[&str]) -> Vec<Value> {
+    let args = ["replay-dlq", "--dry-run", "--json"];
+    let listed = env.ordctl(args.iter().chain(extra)).assert_code(0).json();
+    listed["messages"].as_array().expect("messages").clone()
 }
