@@ -54,9 +54,14 @@ impl SentMarks {
             .key(&format!("sent:{consumer}:{event_id}"))
     }
 
-    /// The reply the server gave when this event was sent, if it was.
-    pub fn get(&self, consumer: &str, event_id: uuid::Uuid) -> Option<String> {
-        self.redis.get(&self.key(consumer, event_id))
+    /// The replies the server gave when these events were sent, for those
+    /// that were: one per event, in order, read in one round trip.
+    pub fn get_many(&self, consumer: &str, event_ids: &[uuid::Uuid]) -> Vec<Option<String>> {
+        let keys: Vec<String> = event_ids
+            .iter()
+            .map(|&event_id| self.key(consumer, event_id))
+            .collect();
+        self.redis.get_many(&keys)
     }
 
     /// Remembers that the server accepted this event's email. Redis being
@@ -154,6 +159,8 @@ impl ProductCache {
 /// failure.
 struct RedisCache {
     redis: Pool<redis::Client>,
+    /// For a fresh connection when a pooled one turns out broken.
+    client: redis::Client,
     redis_url: String,
     namespace: Namespace,
     ttl: Duration,
@@ -168,13 +175,18 @@ impl RedisCache {
         ttl: Duration,
     ) -> anyhow::Result<Self> {
         let client = redis::Client::open(redis_url.as_str())?;
+        // No PING per checkout (a round trip per command): a connection a
+        // Redis restart broke fails its command, which [`RedisCache::call`]
+        // then runs once more on a fresh connection.
         let redis = Pool::builder()
             .max_size(pool_size.max(1))
             .min_idle(Some(0))
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_millis(500))
-            .build_unchecked(client);
+            .build_unchecked(client.clone());
         Ok(Self {
             redis,
+            client,
             redis_url: redact(redis_url),
             namespace,
             ttl,
@@ -186,18 +198,33 @@ impl RedisCache {
         let cached = self
             .call(|redis| redis.get::<_, Option<String>>(key))
             .flatten()?;
-        match serde_json::from_str(&cached) {
-            Ok(value) => Some(value),
-            Err(error) => {
-                tracing::warn!("ignoring malformed cache entry {key}: {error}");
-                None
-            }
+        parse(key, &cached)
+    }
+
+    /// [`RedisCache::get`] for several keys in one round trip (MGET): one
+    /// entry per key, in order.
+    fn get_many<T: DeserializeOwned>(&self, keys: &[String]) -> Vec<Option<T>> {
+        let cached = match keys {
+            [] => None,
+            _ => self.call(|redis| {
+                redis::cmd("MGET")
+                    .arg(keys)
+                    .query::<Vec<Option<String>>>(redis)
+            }),
+        };
+        match cached {
+            Some(values) if values.len() == keys.len() => keys
+                .iter()
+                .zip(values)
+                .map(|(key, value)| parse(key, &value?))
+                .collect(),
+            _ => keys.iter().map(|_| None).collect(),
         }
     }
 
     fn set(&self, key: &str, value: &impl Serialize) {
         let json = serde_json::to_string(value).expect("a cache entry serializes");
-        self.call(|redis| redis.set_ex::<_, _, ()>(key, json, self.ttl.as_secs()));
+        self.call(|redis| redis.set_ex::<_, _, ()>(key, &json, self.ttl.as_secs()));
     }
 
     /// While Redis is down nothing cached can be read either; an entry a
@@ -206,11 +233,14 @@ impl RedisCache {
         self.call(|redis| redis.del::<_, ()>(keys));
     }
 
-    /// Runs one Redis command; on failure logs, bypasses Redis for a while
-    /// and returns `None`.
+    /// Runs one Redis command (idempotent: it may run twice); on failure
+    /// logs, bypasses Redis for a while and returns `None`. A pooled
+    /// connection that fails as a broken connection does (Redis restarted
+    /// since it was opened) is dropped and the command runs once more on a
+    /// fresh one: only a failure there is an outage.
     fn call<T>(
         &self,
-        command: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        command: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Option<T> {
         let mut bypass = self.bypass_until.lock().expect("cache lock");
         if bypass.is_some_and(|until| Instant::now() < until) {
@@ -219,7 +249,16 @@ impl RedisCache {
         *bypass = None;
         drop(bypass);
         let result = match self.redis.get() {
-            Ok(mut connection) => command(&mut connection).map_err(anyhow::Error::from),
+            Ok(mut connection) => match command(&mut connection) {
+                Err(error) if error.is_io_error() || error.is_connection_dropped() => {
+                    drop(connection);
+                    self.client
+                        .get_connection_with_timeout(Duration::from_millis(500))
+                        .and_then(|mut fresh| command(&mut fresh))
+                }
+                result => result,
+            }
+            .map_err(anyhow::Error::from),
             Err(error) => Err(anyhow::Error::from(error)),
         };
         match result {
@@ -233,6 +272,17 @@ impl RedisCache {
                     Some(Instant::now() + BYPASS_AFTER_FAILURE);
                 None
             }
+        }
+    }
+}
+
+/// A cached JSON value; a malformed one is logged and ignored.
+fn parse<T: DeserializeOwned>(key: &str, cached: &str) -> Option<T> {
+    match serde_json::from_str(cached) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            tracing::warn!("ignoring malformed cache entry {key}: {error}");
+            None
         }
     }
 }

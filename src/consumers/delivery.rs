@@ -192,9 +192,14 @@ fn in_one_transaction(
             }
             Effects::Writes(_) => {}
             Effects::Sends(marks, send) => {
-                for &k in &todo {
+                let event_ids: Vec<Uuid> = todo
+                    .iter()
+                    .map(|&k| deliveries[which[k]].event_id)
+                    .collect();
+                let earlier = marks.get_many(deliveries[0].consumer, &event_ids);
+                for (&k, earlier) in todo.iter().zip(earlier) {
                     let i = which[k];
-                    match send_once(marks, &deliveries[i], || send(conn, i)) {
+                    match send_once(marks, &deliveries[i], earlier, || send(conn, i)) {
                         Ok(reply) => done(k, reply, &mut results),
                         Err(error) if alone => return Err(error),
                         // It wrote nothing: the others go on.
@@ -212,13 +217,15 @@ fn in_one_transaction(
     })
 }
 
-/// An email's send, unless its mark says it went out before.
+/// An email's send, unless its mark (`earlier`, read for the batch before
+/// its sends) says it went out before.
 fn send_once(
     marks: &SentMarks,
     delivery: &Delivery,
+    earlier: Option<String>,
     send: impl FnOnce() -> Result<String, HandleError>,
 ) -> Result<String, HandleError> {
-    if let Some(reply) = marks.get(delivery.consumer, delivery.event_id) {
+    if let Some(reply) = earlier {
         tracing::info!(
             order_id = delivery.order_id.0,
             consumer = delivery.consumer,
