@@ -21,11 +21,12 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
 use lettre::transport::smtp::commands::Rset;
@@ -48,12 +49,23 @@ const MECHANISMS: &[Mechanism] = &[Mechanism::Plain, Mechanism::Login];
 
 /// A pool of SMTP connections to one server; `send` may be called from
 /// many threads at once, each send using a connection of its own.
+///
+/// Each send runs as a task on the pool's one I/O thread, which also drives
+/// the sockets: an SMTP round trip (four per email) then wakes no other
+/// thread, and the caller is woken once, when its send is done. (Driven
+/// from the caller's thread with `block_on`, every reply was read by the
+/// I/O thread and handed over, two context switches per round trip.)
 pub struct SmtpPool {
+    connections: Arc<Connections>,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// The pool's connections and what it knows about the server.
+struct Connections {
     settings: SmtpSettings,
     hello: ClientId,
     max_idle: usize,
     idle: Mutex<Vec<Idle>>,
-    runtime: tokio::runtime::Runtime,
     /// The outage being reported, so it is logged once, not per message.
     outage: Mutex<Option<String>>,
 }
@@ -74,19 +86,31 @@ impl SmtpPool {
             .build()
             .context("starting the SMTP client's I/O thread")?;
         Ok(Self {
-            settings: settings.clone(),
-            hello: ClientId::default(),
-            max_idle: max_idle.max(1),
-            idle: Mutex::new(Vec::new()),
+            connections: Arc::new(Connections {
+                settings: settings.clone(),
+                hello: ClientId::default(),
+                max_idle: max_idle.max(1),
+                idle: Mutex::new(Vec::new()),
+                outage: Mutex::new(None),
+            }),
             runtime,
-            outage: Mutex::new(None),
         })
     }
 
     /// Sends one email; returns the server's reply, e.g. `250 2.0.0 Ok`.
     pub fn send(&self, email: &Message) -> Result<String, MailError> {
-        let result = self.runtime.block_on(self.send_async(email));
-        self.note_outage(&result);
+        let connections = Arc::clone(&self.connections);
+        let envelope = email.envelope().clone();
+        let formatted = email.formatted();
+        let task = self
+            .runtime
+            .spawn(async move { connections.send(&envelope, &formatted).await });
+        let result = self.runtime.block_on(task).unwrap_or_else(|error| {
+            Err(MailError::Transient(format!(
+                "the SMTP send failed: {error}"
+            )))
+        });
+        self.connections.note_outage(&result);
         result
     }
 
@@ -94,19 +118,20 @@ impl SmtpPool {
     /// says goodbye: checks the settings without sending anything.
     pub fn check(&self) -> Result<(), MailError> {
         self.runtime.block_on(async {
-            let mut connection = self.connect().await?;
+            let mut connection = self.connections.connect().await?;
             let _ = timeout(connection.quit()).await;
             Ok(())
         })
     }
+}
 
-    async fn send_async(&self, email: &Message) -> Result<String, MailError> {
+impl Connections {
+    async fn send(&self, envelope: &Envelope, formatted: &[u8]) -> Result<String, MailError> {
         let mut connection = match self.take_idle().await {
             Some(connection) => connection,
             None => self.connect().await?,
         };
-        let formatted = email.formatted();
-        let sent = timeout(connection.send(email.envelope(), &formatted)).await;
+        let sent = timeout(connection.send(envelope, formatted)).await;
         match sent {
             Ok(response) => {
                 self.put_idle(connection);
@@ -341,7 +366,7 @@ impl SmtpPool {
 impl Drop for SmtpPool {
     /// Says QUIT on every idle connection, as a polite client does.
     fn drop(&mut self) {
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap());
+        let idle = std::mem::take(&mut *self.connections.idle.lock().unwrap());
         self.runtime.block_on(async {
             for Idle { mut connection, .. } in idle {
                 let _ = tokio::time::timeout(Duration::from_secs(1), connection.quit()).await;
@@ -352,7 +377,7 @@ impl Drop for SmtpPool {
 
 impl fmt::Debug for SmtpPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SmtpPool({})", self.settings)
+        write!(f, "SmtpPool({})", self.connections.settings)
     }
 }
 
