@@ -7,9 +7,18 @@ use super::models::{NewOrderRow, Order};
 use super::schema::orders;
 use crate::domain::{OrderId, OrderStatus, UserId};
 
+/// Inserts one order. Its columns are given one by one rather than as the
+/// `Insertable` struct: diesel prepares a statement built from `eq`s once
+/// per connection and reuses it, while a struct's insert (whose every field
+/// could be `DEFAULT`) is parsed and planned again on every call.
 pub fn insert(conn: &mut PgConnection, order: &NewOrderRow<'_>) -> QueryResult<Order> {
     diesel::insert_into(orders::table)
-        .values(order)
+        .values((
+            orders::user_id.eq(order.user_id),
+            orders::amount_minor.eq(order.amount_minor),
+            orders::currency.eq(order.currency),
+            orders::idempotency_key.eq(order.idempotency_key),
+        ))
         .returning(Order::as_returning())
         .get_result(conn)
 }

@@ -12,9 +12,16 @@ use crate::domain::{Event, OrderId};
 /// The Postgres channel the insert trigger notifies (see the migration).
 pub const CHANNEL: &str = "outbox_inserted";
 
+/// Inserts one row, as a statement diesel prepares once per connection (see
+/// [`super::orders::insert`]).
 pub fn insert(conn: &mut PgConnection, row: &NewOutboxRow<'_>) -> QueryResult<OutboxRow> {
     diesel::insert_into(outbox::table)
-        .values(row)
+        .values((
+            outbox::event_id.eq(row.event_id),
+            outbox::order_id.eq(row.order_id),
+            outbox::routing_key.eq(row.routing_key),
+            outbox::payload.eq(row.payload),
+        ))
         .returning(OutboxRow::as_returning())
         .get_result(conn)
 }

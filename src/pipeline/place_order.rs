@@ -58,6 +58,24 @@ pub struct Placed {
 /// nothing is written either way. An idempotency key placed before returns
 /// that first order, `replayed`, and writes nothing.
 pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, Vec<i64>)> {
+    let placed = commit_unannounced(conn, order)?;
+    announce(conn);
+    Ok(placed)
+}
+
+/// Wakes the LISTENers of committed orders: the live feed shows them, and
+/// a relay publishes their events should the publish after the commit
+/// fail. One wake-up covers every order committed before it.
+pub fn announce(conn: &mut PgConnection) {
+    db::notify(conn, &[outbox::CHANNEL, db::feed::CHANNEL]);
+}
+
+/// [`commit`] without [`announce`], for a caller that commits many orders
+/// and announces them together.
+fn commit_unannounced(
+    conn: &mut PgConnection,
+    order: &NewOrder,
+) -> anyhow::Result<(Placed, Vec<i64>)> {
     let result = conn.transaction::<_, anyhow::Error, _>(|conn| {
         if let Some(key) = &order.idempotency_key {
             if let Some(first) = replay(conn, key, order)? {
@@ -75,9 +93,6 @@ pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Plac
         (result, _) => result,
     }
     .with_context(|| format!("placing an order for user {}", order.user_id))?;
-    // The live feed shows the order, and a relay publishes it should the
-    // publish after this fail.
-    db::notify(conn, &[outbox::CHANNEL, db::feed::CHANNEL]);
     Ok(placed)
 }
 
@@ -330,12 +345,13 @@ impl<'a> Window<'a> {
         }
     }
 
-    /// Publishes the pending orders under one confirm wait; returns how
-    /// many were published.
+    /// Announces the pending orders and publishes them under one confirm
+    /// wait; returns how many were published.
     fn flush(&mut self, conn: &mut PgConnection) -> u64 {
         if self.pending.is_empty() {
             return 0;
         }
+        announce(conn);
         if self.publisher.is_none()
             && self
                 .lost_at
@@ -443,10 +459,11 @@ pub fn place_many(
                     ),
                     BulkContents::Items(items) => NewOrder::for_items(user_id, items.clone()),
                 };
+                // Announced with the window, one wake-up for all of it.
                 let result = match conn.as_mut() {
-                    Some(connection) => commit(connection, &order),
+                    Some(connection) => commit_unannounced(connection, &order),
                     None => match pool.get() {
-                        Ok(connection) => commit(conn.insert(connection), &order),
+                        Ok(connection) => commit_unannounced(conn.insert(connection), &order),
                         Err(error) => {
                             Err(anyhow::Error::from(error).context("getting a database connection"))
                         }
