@@ -146,9 +146,7 @@ fn in_one_transaction(
 ) -> Result<Vec<Result<Outcome, HandleError>>, HandleError> {
     let alone = which.len() == 1;
     conn.transaction(|conn| {
-        diesel::sql_query("SET LOCAL synchronous_commit TO OFF")
-            .execute(conn)
-            .map_err(db_error)?;
+        db::commit_lazily(conn).map_err(db_error)?;
         let rows: Vec<_> = which
             .iter()
             .map(|&i| log_row(&deliveries[i], DeliveryStatus::Pending))
@@ -245,7 +243,7 @@ fn send_once(
 /// its own transaction: one round trip.
 pub fn make_durable(db: &PgPool) -> anyhow::Result<()> {
     let mut conn = db.get().context("getting a database connection")?;
-    diesel::sql_query("SELECT pg_current_xact_id()")
+    db::prepared::prepared("SELECT pg_current_xact_id()", ())
         .execute(&mut conn)
         .context("flushing the delivery log to disk")?;
     Ok(())

@@ -10,6 +10,7 @@ pub mod order_items;
 pub mod orders;
 pub mod outbox;
 pub mod payments;
+pub mod prepared;
 pub mod products;
 pub mod schema;
 pub mod users;
@@ -166,6 +167,15 @@ fn apply_pending(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
 /// notification sent inside it would serialise the commits of every
 /// writer, see migration 000005). Only a wake-up: if it fails, the readers'
 /// sweeps find the rows a little later.
+/// Lets the current transaction commit without waiting for the disk
+/// (`synchronous_commit = off` for this transaction alone), for writes whose
+/// loss in a crash is harmless or made good before anyone relies on them.
+pub fn commit_lazily(conn: &mut PgConnection) -> QueryResult<()> {
+    prepared::prepared("SELECT set_config('synchronous_commit', 'off', true)", ())
+        .execute(conn)
+        .map(drop)
+}
+
 pub fn notify(conn: &mut PgConnection, channels: &[&str]) {
     let wake: String = channels.iter().map(|c| format!("NOTIFY {c};")).collect();
     if let Err(error) = conn.batch_execute(&wake) {

@@ -1,6 +1,5 @@
 //! The `notifications` table: the delivery log, one row per event.
 
-use diesel::dsl::now;
 use diesel::prelude::*;
 use std::collections::HashMap;
 
@@ -9,6 +8,7 @@ use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz, Uui
 use uuid::Uuid;
 
 use super::models::{NewNotification, Notification};
+use super::prepared::{bind, prepared};
 use super::schema::notifications;
 use crate::domain::{AttemptOutcome, DeliveryStatus, OrderId};
 
@@ -20,16 +20,35 @@ pub fn lock_for_delivery(
     conn: &mut PgConnection,
     rows: &[NewNotification<'_>],
 ) -> QueryResult<HashMap<Uuid, DeliveryStatus>> {
+    #[derive(QueryableByName)]
+    struct Locked {
+        #[diesel(sql_type = SqlUuid)]
+        event_id: Uuid,
+        #[diesel(sql_type = Text)]
+        status: DeliveryStatus,
+    }
     let mut rows = rows.to_vec();
     rows.sort_by_key(|row| row.event_id);
-    let statuses: Vec<(Uuid, DeliveryStatus)> = diesel::insert_into(notifications::table)
-        .values(&rows)
-        .on_conflict((notifications::event_id, notifications::consumer))
-        .do_update()
-        .set(notifications::updated_at.eq(now))
-        .returning((notifications::event_id, notifications::status))
-        .get_results(conn)?;
-    Ok(statuses.into_iter().collect())
+    let locked: Vec<Locked> = prepared(
+        "INSERT INTO notifications (event_id, consumer, order_id, status, message_id) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[]) \
+         ON CONFLICT (event_id, consumer) DO UPDATE SET updated_at = now() \
+         RETURNING event_id, status",
+        (
+            bind::<Array<SqlUuid>, _>(rows.iter().map(|row| row.event_id).collect::<Vec<_>>()),
+            bind::<Array<Text>, _>(rows.iter().map(|row| row.consumer).collect::<Vec<_>>()),
+            bind::<Array<BigInt>, _>(rows.iter().map(|row| row.order_id).collect::<Vec<_>>()),
+            bind::<Array<Text>, _>(rows.iter().map(|row| row.status).collect::<Vec<_>>()),
+            bind::<Array<Nullable<Text>>, _>(
+                rows.iter().map(|row| row.message_id).collect::<Vec<_>>(),
+            ),
+        ),
+    )
+    .load(conn)?;
+    Ok(locked
+        .into_iter()
+        .map(|row| (row.event_id, row.status))
+        .collect())
 }
 
 /// A delivery whose effect happened, to be marked `sent`.
@@ -51,25 +70,27 @@ pub fn mark_sent(conn: &mut PgConnection, consumer: &str, sent: &[Sent]) -> Quer
     if sent.is_empty() {
         return Ok(0);
     }
-    diesel::sql_query(
+    prepared(
         "WITH done AS ( \
-             SELECT * FROM unnest($3::uuid[], $4::int[], $5::text[], $6::timestamptz[]) \
+             SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[]) \
                  AS d(event_id, attempt, reply, at)), \
          sent AS ( \
-             UPDATE notifications n SET status = $2, attempts = n.attempts + 1, \
+             UPDATE notifications n SET status = $5, attempts = n.attempts + 1, \
                  smtp_reply = done.reply, sent_at = done.at, updated_at = now() \
-             FROM done WHERE n.event_id = done.event_id AND n.consumer = $1 \
-             RETURNING n.event_id, n.order_id, done.attempt, done.reply) \
+             FROM done WHERE n.event_id = done.event_id AND n.consumer = $6 \
+             RETURNING n.event_id, n.consumer, n.order_id, done.attempt, done.reply) \
          INSERT INTO delivery_attempts (event_id, consumer, order_id, attempt, outcome, smtp_reply) \
-         SELECT event_id, $1, order_id, attempt, $7, reply FROM sent",
+         SELECT event_id, consumer, order_id, attempt, $7, reply FROM sent",
+        (
+            bind::<Array<SqlUuid>, _>(sent.iter().map(|s| s.event_id).collect::<Vec<_>>()),
+            bind::<Array<Integer>, _>(sent.iter().map(|s| s.attempt).collect::<Vec<_>>()),
+            bind::<Array<Text>, _>(sent.iter().map(|s| s.reply.as_str()).collect::<Vec<_>>()),
+            bind::<Array<Timestamptz>, _>(sent.iter().map(|s| s.at).collect::<Vec<_>>()),
+            bind::<Text, _>(DeliveryStatus::Sent),
+            bind::<Text, _>(consumer),
+            bind::<Text, _>(AttemptOutcome::Sent),
+        ),
     )
-    .bind::<Text, _>(consumer)
-    .bind::<Text, _>(DeliveryStatus::Sent)
-    .bind::<Array<SqlUuid>, _>(sent.iter().map(|s| s.event_id).collect::<Vec<_>>())
-    .bind::<Array<Integer>, _>(sent.iter().map(|s| s.attempt).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(sent.iter().map(|s| s.reply.as_str()).collect::<Vec<_>>())
-    .bind::<Array<Timestamptz>, _>(sent.iter().map(|s| s.at).collect::<Vec<_>>())
-    .bind::<Text, _>(AttemptOutcome::Sent)
     .execute(conn)
 }
 

@@ -3,7 +3,10 @@
 use diesel::dsl::now;
 use diesel::prelude::*;
 
+use diesel::sql_types::{Array, BigInt, Text};
+
 use super::models::{NewOrderRow, Order};
+use super::prepared::{bind, prepared};
 use super::schema::orders;
 use crate::domain::{OrderId, OrderStatus, UserId};
 
@@ -75,9 +78,11 @@ pub fn set_status_many(
     ids: &[OrderId],
     status: OrderStatus,
 ) -> QueryResult<usize> {
-    diesel::update(orders::table.filter(orders::id.eq_any(ids)))
-        .set((orders::status.eq(status), orders::updated_at.eq(now)))
-        .execute(conn)
+    prepared(
+        "UPDATE orders SET status = $1, updated_at = CURRENT_TIMESTAMP WHERE id = ANY($2)",
+        (bind::<Text, _>(status), bind::<Array<BigInt>, _>(ids)),
+    )
+    .execute(conn)
 }
 
 pub fn set_status(conn: &mut PgConnection, id: OrderId, status: OrderStatus) -> QueryResult<Order> {

@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 use diesel::dsl::{count_star, min};
 use diesel::prelude::*;
 
+use diesel::sql_types::{Array, BigInt, Jsonb, Text, Uuid as SqlUuid};
+
 use super::models::{NewOutboxRow, OutboxRow};
+use super::prepared::{bind, prepared};
 use super::schema::outbox;
 use crate::domain::{Event, OrderId};
 
@@ -44,20 +47,17 @@ pub fn insert_event(conn: &mut PgConnection, event: &Event) -> QueryResult<Outbo
 /// Writes several events to the outbox in one statement, as
 /// [`insert_event`] does one.
 pub fn insert_events(conn: &mut PgConnection, events: &[Event]) -> QueryResult<usize> {
-    let payloads: Vec<serde_json::Value> = events.iter().map(Event::to_json).collect();
-    let rows: Vec<NewOutboxRow> = events
-        .iter()
-        .zip(&payloads)
-        .map(|(event, payload)| NewOutboxRow {
-            event_id: event.event_id(),
-            order_id: event.order_id(),
-            routing_key: event.routing_key(),
-            payload,
-        })
-        .collect();
-    diesel::insert_into(outbox::table)
-        .values(&rows)
-        .execute(conn)
+    prepared(
+        "INSERT INTO outbox (event_id, order_id, routing_key, payload) \
+         SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[])",
+        (
+            bind::<Array<SqlUuid>, _>(events.iter().map(Event::event_id).collect::<Vec<_>>()),
+            bind::<Array<BigInt>, _>(events.iter().map(Event::order_id).collect::<Vec<_>>()),
+            bind::<Array<Text>, _>(events.iter().map(Event::routing_key).collect::<Vec<_>>()),
+            bind::<Array<Jsonb>, _>(events.iter().map(Event::to_json).collect::<Vec<_>>()),
+        ),
+    )
+    .execute(conn)
 }
 
 /// Locks up to `limit` unpublished rows, oldest first, skipping rows another
@@ -87,20 +87,20 @@ pub fn lock(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<OutboxRow>>
 }
 
 pub fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
-    diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
-        .set((
-            // The moment of the broker's confirm, not the transaction's start.
-            outbox::published_at.eq(super::clock_timestamp().nullable()),
-            outbox::last_error.eq(None::<String>),
-        ))
-        .execute(conn)
+    // The moment of the broker's confirm, not the transaction's start.
+    prepared(
+        "UPDATE outbox SET published_at = clock_timestamp(), last_error = NULL \
+         WHERE id = ANY($1)",
+        (bind::<Array<BigInt>, _>(ids),),
+    )
+    .execute(conn)
 }
 
 /// [`mark_published`] without waiting for the commit to reach the disk, in
 /// the caller's transaction: losing this mark in a PostgreSQL crash only
 /// republishes the events, which consumers ignore.
 pub fn mark_published_lazily(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
-    diesel::sql_query("SET LOCAL synchronous_commit = off").execute(conn)?;
+    super::commit_lazily(conn)?;
     mark_published(conn, ids)
 }
 
