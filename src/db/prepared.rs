@@ -43,14 +43,15 @@ pub fn bind<ST, T>(value: T) -> Bind<ST, T> {
 
 /// The binds of a [`Prepared`] statement.
 pub trait Binds {
-    fn len(&self) -> usize;
+    /// How many values there are.
+    fn count(&self) -> usize;
 
     /// Binds the `n`th value (from 0) where its placeholder is.
     fn push<'b>(&'b self, n: usize, out: AstPass<'_, 'b, Pg>) -> QueryResult<()>;
 }
 
 impl Binds for () {
-    fn len(&self) -> usize {
+    fn count(&self) -> usize {
         0
     }
 
@@ -65,7 +66,7 @@ macro_rules! tuple_binds {
         where
             $(Pg: HasSqlType<$ST>, $T: ToSql<$ST, Pg>,)+
         {
-            fn len(&self) -> usize {
+            fn count(&self) -> usize {
                 [$($n),+].len()
             }
 
@@ -116,10 +117,10 @@ impl<B: Binds> QueryFragment<Pg> for Prepared<B> {
             rest = &rest[at + 1 + digits..];
         }
         out.push_sql(rest);
-        if n != self.binds.len() {
+        if n != self.binds.count() {
             return Err(mismatch(format!(
                 "{} values for {n} placeholders",
-                self.binds.len()
+                self.binds.count()
             )));
         }
         Ok(())
