@@ -71,8 +71,9 @@ pub fn announce(conn: &mut PgConnection) {
 }
 
 /// [`commit`] without [`announce`], for a caller that commits many orders
-/// and announces them together.
-fn commit_unannounced(
+/// and announces them together (bulk placing, the server's publishing
+/// rounds).
+pub fn commit_unannounced(
     conn: &mut PgConnection,
     order: &NewOrder,
 ) -> anyhow::Result<(Placed, Vec<i64>)> {

@@ -6,7 +6,9 @@
 //! publish waits, and the busier the server, the more requests share a
 //! round (the way PostgreSQL's group commit shares a disk flush): one
 //! lock-and-mark transaction and one confirm wait per round instead of per
-//! request. More threads were measured to cost more CPU per request (more,
+//! request — and one NOTIFY per round, which wakes the live feed and the
+//! relays for all of its orders (the requests commit without one). More
+//! threads were measured to cost more CPU per request (more,
 //! smaller rounds) and so fewer requests per second on a busy machine.
 //!
 //! Nothing changes about what is guaranteed: the events were committed
@@ -23,7 +25,7 @@ use diesel::PgConnection;
 use tokio::sync::oneshot;
 use url::Url;
 
-use super::relay;
+use super::{place_order, relay};
 use crate::db;
 use crate::messaging::publisher::PublisherPool;
 
@@ -126,16 +128,26 @@ fn publish_round(
     if outbox_ids.is_empty() {
         return true;
     }
+    let connection = match conn {
+        Some(connection) => connection,
+        None => match db::connect(database_url) {
+            Ok(connection) => conn.insert(connection),
+            Err(error) => {
+                tracing::warn!(
+                    events = outbox_ids.len(),
+                    "events committed but not published ({error:#}); the relay will publish them"
+                );
+                return false;
+            }
+        },
+    };
+    // One wake-up for the round's orders: the live feed shows them, and a
+    // relay publishes them should this publish fail.
+    place_order::announce(connection);
     let Some(mut publisher) = publishers.take() else {
         return false;
     };
-    let result = match conn {
-        Some(connection) => relay::publish_committed(connection, &mut publisher, outbox_ids),
-        None => db::connect(database_url).and_then(|connection| {
-            relay::publish_committed(conn.insert(connection), &mut publisher, outbox_ids)
-        }),
-    };
-    match result {
+    match relay::publish_committed(connection, &mut publisher, outbox_ids) {
         Ok(()) => {
             publishers.give_back(publisher);
             true
