@@ -66,8 +66,9 @@ pub struct Options {
     /// The concurrencies of the curve: placing threads, worker slots and
     /// raw connections.
     pub concurrencies: Vec<u16>,
-    /// Offered load of the latency phase; default half what the default
-    /// worker sustains (the slower of placing and draining).
+    /// Offered load of the latency phase; default half what the pipeline
+    /// sustains end to end (placing flat out while the default worker
+    /// drains).
     pub latency_rate: Option<f64>,
     pub latency_secs: f64,
     /// The `ordctl` binary to run as the worker and the server.
@@ -536,19 +537,32 @@ fn default_worker_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Res
 }
 
 /// The default worker running while orders are placed on an open-loop
-/// schedule at half what it sustains; latencies from the database.
+/// schedule at half what the pipeline sustains end to end (placing flat
+/// out while the worker drains); latencies from the database.
 fn latency_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()> {
-    let sustained = report
-        .default_worker
-        .as_ref()
-        .map_or(0.0, |drain| drain.rate.per_sec)
-        .min(
-            report
-                .curve
-                .iter()
-                .map(|point| point.place.per_sec)
-                .fold(0.0, f64::max),
-        );
+    let n = bench.options.orders;
+    let c = bench
+        .options
+        .concurrencies
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1);
+    tracing::info!(
+        "pipeline: {n} orders placed at concurrency {c} while `ordctl worker` drains them"
+    );
+    let (end_to_end, run) = bench
+        .pipeline()
+        .sustained(n, c)
+        .context("measuring the sustained rate")?;
+    report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(mib(run.peak_rss_kib));
+    let sustained = end_to_end.per_sec;
+    report.figures.push(Figure::plain(
+        "sustained end to end: placed and emailed, worker defaults",
+        sustained,
+        "orders/s",
+    ));
+    bench.interrupted()?;
     let rate = bench
         .options
         .latency_rate

@@ -112,6 +112,23 @@ impl Pipeline<'_> {
         Ok((rate, worker.finish()?))
     }
 
+    /// What the whole pipeline sustains: `count` orders placed flat out by
+    /// `concurrency` threads while a default worker runs, timed from the
+    /// first placing until the last email's 250. (Placing and draining
+    /// measured apart each have the machine to themselves; together they
+    /// share it.)
+    pub fn sustained(&self, count: u64, concurrency: u16) -> anyhow::Result<(Rate, WorkerRun)> {
+        let mut conn = db::connect(&self.settings.database_url)?;
+        let first_id = max_order_id(&mut conn)?;
+        let mut worker = self.spawn_worker(None)?;
+        self.wait_for_consumer(&mut worker)?;
+        let stopwatch = Stopwatch::start();
+        self.place(count, concurrency)?;
+        self.wait_until_sent(&mut worker, first_id, count)?;
+        let rate = stopwatch.rate(count);
+        Ok((rate, worker.finish()?))
+    }
+
     /// Places orders at `per_sec` for `secs` seconds with a default worker
     /// running, then reads each order's latencies from the database.
     pub fn latency(

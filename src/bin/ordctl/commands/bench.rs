@@ -36,7 +36,8 @@ pub struct Args {
     concurrency: Vec<u16>,
 
     /// Orders per second offered in the latency phase (default: half what
-    /// the default worker sustains, the slower of placing and draining).
+    /// the pipeline sustains end to end, orders placed flat out while the
+    /// default worker drains them).
     #[arg(long, value_name = "PER_SEC")]
     latency_rate: Option<f64>,
 
