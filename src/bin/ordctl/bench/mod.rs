@@ -81,6 +81,8 @@ pub struct Options {
     pub http_max_connections: u16,
     /// Only the HTTP section (and its raw PostgreSQL figure).
     pub http_only: bool,
+    /// Only the replay-dlq section (and its raw RabbitMQ figure).
+    pub replay_only: bool,
     /// The nodes of a cluster: adds the queue-type section (classic and
     /// quorum on one node, quorum on the cluster).
     pub cluster: Option<Brokers>,
@@ -375,8 +377,18 @@ fn measure_all(
         queues::section(&bench, cluster, &mut report)?;
         return Ok(report);
     }
-    let email = raw::sample_email(settings, &users[0])?;
     let raw_queue = scratch.raw_queue.as_deref().expect("the scratch raw queue");
+    if options.replay_only {
+        raw::declare_queue(&settings.amqp_url, raw_queue)?;
+        // The dead letters are events of orders in the database.
+        bench
+            .pipeline()
+            .place(options.orders, max_concurrency)
+            .context("placing the orders to dead-letter")?;
+        replay_section(&bench, raw_queue, &mut report)?;
+        return Ok(report);
+    }
+    let email = raw::sample_email(settings, &users[0])?;
     amqp_section(&bench, raw_queue, max_concurrency, &mut report)?;
     curve_section(&bench, &email, &mut report)?;
     default_worker_section(&bench, &mut report)?;

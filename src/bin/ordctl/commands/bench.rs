@@ -67,6 +67,10 @@ pub struct Args {
     #[arg(long)]
     http_only: bool,
 
+    /// Run only the replay-dlq section (and its raw RabbitMQ figure).
+    #[arg(long, conflicts_with = "http_only")]
+    replay_only: bool,
+
     /// The nodes of a RabbitMQ cluster, comma-separated, as
     /// `scripts/cluster.sh start` prints them: adds the end-to-end drain on
     /// a classic and a quorum queue of the --amqp-url node and on a quorum
@@ -106,6 +110,7 @@ impl Args {
             http_connections: self.http_connections,
             http_max_connections: self.http_max_connections,
             http_only: self.http_only,
+            replay_only: self.replay_only,
             cluster: self
                 .cluster
                 .as_deref()
