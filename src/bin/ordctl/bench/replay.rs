@@ -20,10 +20,14 @@ use super::raw;
 /// Dead letters published per confirm wait while the backlog is made.
 const SETUP_WINDOW: usize = 500;
 
-/// Puts `count` dead letters in the notifications DLQ, as the worker
-/// leaves them after a permanent failure: `order.created` events of the
-/// orders already in the database (so the replay writes their history as
-/// it does for real ones), with the failure headers.
+/// Empties the namespace's queues, then puts `count` dead letters in the
+/// notifications DLQ, as the worker leaves them after a permanent failure:
+/// `order.created` events of the orders already in the database (so the
+/// replay writes their history as it does for real ones), with the failure
+/// headers. Emptied first because the sections before leave their orders'
+/// events queued (no worker drains what the HTTP section places): the
+/// replay publishes into an empty work queue, as the raw figure does into
+/// its queue, and as it does for real where workers keep the queue short.
 pub fn dead_letter(
     conn: &mut PgConnection,
     amqp_url: &messaging::Brokers,
@@ -68,6 +72,11 @@ pub fn dead_letter(
     let mut connection = messaging::connect(amqp_url)?;
     let channel = connection.open_channel(None)?;
     topology.declare(&channel)?;
+    for queue in topology.queue_names() {
+        channel
+            .queue_purge(queue.as_str())
+            .with_context(|| format!("emptying {queue}"))?;
+    }
     let mut confirms = Confirms::enable(&channel)?;
     for window in letters.chunks(SETUP_WINDOW) {
         confirms
