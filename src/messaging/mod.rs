@@ -73,10 +73,21 @@ impl Outgoing {
 }
 
 /// Publisher confirms on one channel: publishes a batch and waits until the
-/// broker acknowledged every message of it.
+/// broker acknowledged every message of it, or ([`Confirms::send`],
+/// [`Confirms::wait_for`]) sends further batches while earlier ones are
+/// still unconfirmed.
 pub struct Confirms {
     receiver: Receiver<Confirm>,
     smoother: ConfirmSmoother,
+    /// Messages published on the channel so far: the last one's delivery
+    /// tag (the broker numbers a channel's publishes from 1).
+    sent: u64,
+    /// Messages the broker has confirmed or rejected: every tag up to this.
+    settled: u64,
+    /// Messages up to this one were waited for and all confirmed.
+    waited: u64,
+    /// Rejected messages among the settled ones not yet waited for.
+    nacked: Vec<u64>,
 }
 
 impl Confirms {
@@ -88,6 +99,10 @@ impl Confirms {
         Ok(Self {
             receiver,
             smoother: ConfirmSmoother::new(),
+            sent: 0,
+            settled: 0,
+            waited: 0,
+            nacked: Vec::new(),
         })
     }
 
@@ -100,7 +115,8 @@ impl Confirms {
         exchange: &str,
         messages: &[Outgoing],
     ) -> anyhow::Result<()> {
-        self.publish_on(channel, None, exchange, messages)
+        let last = self.send(channel, None, exchange, messages)?;
+        self.wait_for(None, last)
     }
 
     /// [`Confirms::publish`] that also watches `link` for the broker
@@ -113,17 +129,21 @@ impl Confirms {
         exchange: &str,
         messages: &[Outgoing],
     ) -> anyhow::Result<()> {
-        self.publish_on(channel, Some(link), exchange, messages)
+        let last = self.send(channel, Some(&mut *link), exchange, messages)?;
+        self.wait_for(Some(link), last)
     }
 
-    fn publish_on(
+    /// Publishes `messages` to `exchange` without waiting for their
+    /// confirms, and returns the last one's tag for [`Confirms::wait_for`].
+    /// With `link`, fails at once if the broker blocks it.
+    pub fn send(
         &mut self,
         channel: &Channel,
-        mut link: Option<&mut Link>,
+        link: Option<&mut Link>,
         exchange: &str,
         messages: &[Outgoing],
-    ) -> anyhow::Result<()> {
-        if let Some(link) = link.as_mut() {
+    ) -> anyhow::Result<u64> {
+        if let Some(link) = link {
             link.check()?;
         }
         for message in messages {
@@ -137,13 +157,22 @@ impl Confirms {
                     ),
                 )
                 .with_context(|| format!("publishing to {exchange:?}"))?;
+            self.sent += 1;
         }
+        Ok(self.sent)
+    }
+
+    /// Returns once the broker has confirmed every message sent up to and
+    /// including `tag`. Any nack among them, or no confirm within the
+    /// timeout, is an error, and then the caller must assume none of the
+    /// messages not yet confirmed was published (and drop the channel);
+    /// with `link`, so is the broker blocking it.
+    pub fn wait_for(&mut self, mut link: Option<&mut Link>, tag: u64) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + CONFIRM_TIMEOUT;
-        let (mut confirmed, mut nacked) = (0, 0);
         let notifications = link.as_ref().map_or_else(crossbeam_channel::never, |link| {
             link.notifications().clone()
         });
-        while confirmed < messages.len() {
+        while self.settled < tag {
             let received = crossbeam_channel::select! {
                 recv(self.receiver) -> raw => raw.map_err(|_| RecvTimeoutError::Disconnected),
                 recv(notifications) -> notification => {
@@ -165,13 +194,20 @@ impl Confirms {
                 }
             };
             for confirm in self.smoother.process(raw) {
-                confirmed += 1;
-                nacked += matches!(confirm, Confirm::Nack(_)) as usize;
+                self.settled += 1;
+                if let Confirm::Nack(_) = confirm {
+                    self.nacked.push(self.settled);
+                }
             }
         }
+        let nacked = self.nacked.iter().filter(|&&nacked| nacked <= tag).count();
         if nacked > 0 {
-            bail!("RabbitMQ rejected {nacked} of {} messages", messages.len());
+            bail!(
+                "RabbitMQ rejected {nacked} of {} messages",
+                tag.saturating_sub(self.waited)
+            );
         }
+        self.waited = self.waited.max(tag);
         Ok(())
     }
 }

@@ -1,13 +1,16 @@
 //! `ordctl replay-dlq`: moves dead letters back to their work queue with the
 //! attempt count reset and a replay counter stamped. A message leaves the
 //! DLQ only after its republish was confirmed (it is fetched unacked, so a
-//! crash mid-run requeues it). Republishes go out in windows under one
-//! confirm wait each, so a backlog of thousands moves in seconds.
+//! crash mid-run requeues it). Republishes go out in windows of one
+//! confirm wait each, the next windows sent while earlier ones await their
+//! confirms; each window's originals are acked once all its copies are
+//! confirmed, oldest first, so a backlog of thousands moves in seconds.
 //!
 //! Each message moved is stamped with the run's id: one that fails again
 //! and comes back while the run is still going is recognised and left
 //! alone, so a run never loops, without counting the queue at the start.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use amiquip::{
@@ -74,6 +77,9 @@ pub struct ReplayReport {
 pub const RUN_HEADER: &str = "x-ordctl-replay-run";
 /// Republishes per publisher-confirm wait.
 const WINDOW: usize = 100;
+/// Windows sent whose confirms are still awaited: the broker works on
+/// these while the run reads, sends and writes history.
+const IN_FLIGHT: usize = 4;
 /// Replays written to the orders' history per insert.
 const HISTORY_BATCH: usize = 1_000;
 /// Unacked deliveries the broker may push ahead while messages move.
@@ -134,6 +140,7 @@ fn replay_on(
         },
         looked_at: 0,
         consumers: Vec::new(),
+        in_flight: VecDeque::new(),
         history: Vec::new(),
     };
     let wanted_consumers: Vec<&str> = topology
@@ -176,6 +183,9 @@ struct Run<'a> {
     report: ReplayReport,
     looked_at: u64,
     consumers: Vec<Consumer<'a>>,
+    /// Windows republished, oldest first, with the tag of each one's last
+    /// publish: their originals are still in the DLQ, unacked.
+    in_flight: VecDeque<(u64, Vec<(Delivery, DeadLetter)>)>,
     /// Moved, not yet written to the orders' history.
     history: Vec<DeadLetter>,
 }
@@ -220,7 +230,10 @@ impl<'a> Run<'a> {
                 Err(RecvTimeoutError::Timeout) => {
                     // Nothing came for a while: move what is pending, and
                     // stop once the broker has nothing ready either.
-                    if let Err(error) = self.flush(&mut window, work_queue) {
+                    if let Err(error) = self
+                        .flush(&mut window, work_queue)
+                        .and_then(|()| self.settle(0))
+                    {
                         break Err(error);
                     }
                     // None ready is not yet the end while fewer came than
@@ -273,7 +286,9 @@ impl<'a> Run<'a> {
                 }
             }
         };
-        let flushed = result.and_then(|()| self.flush(&mut window, work_queue));
+        let flushed = result
+            .and_then(|()| self.flush(&mut window, work_queue))
+            .and_then(|()| self.settle(0));
         self.record_history();
         flushed?;
         consumer.cancel().context("cancelling the DLQ consumer")?;
@@ -289,8 +304,8 @@ impl<'a> Run<'a> {
         self.give_back(kept, dlq)
     }
 
-    /// Republishes the window under one confirm wait, records the replays,
-    /// then removes the originals from the DLQ.
+    /// Republishes the window without waiting for its confirms, then
+    /// settles the oldest windows sent while more than [`IN_FLIGHT`] are.
     fn flush(
         &mut self,
         window: &mut Vec<(Delivery, DeadLetter)>,
@@ -303,28 +318,46 @@ impl<'a> Run<'a> {
             .iter()
             .map(|(get, _)| replayed_copy(get, work_queue, &self.id))
             .collect();
-        self.confirms
-            .publish_watching(self.channel, self.link, "", &copies)
+        let last = self
+            .confirms
+            .send(self.channel, Some(self.link), "", &copies)
             .context("republishing dead letters")?;
-        // Unless another order's letters are kept unacked on this channel,
-        // everything delivered up to the window's last is in the window:
-        // one ack for all of it.
-        let ack_all = self.options.order_id.is_none();
-        let last = window.len() - 1;
-        for (n, (get, letter)) in window.drain(..).enumerate() {
-            if !ack_all {
-                get.ack(self.channel)
-            } else if n == last {
-                get.ack_multiple(self.channel)
-            } else {
-                Ok(())
+        self.in_flight.push_back((last, std::mem::take(window)));
+        self.settle(IN_FLIGHT)
+    }
+
+    /// Waits for the confirms of the oldest windows sent until at most
+    /// `pending` are left, and removes each one's originals from the DLQ
+    /// once all its copies are confirmed. A nack or a timeout leaves that
+    /// window and every later one in the DLQ (they return when the channel
+    /// closes).
+    fn settle(&mut self, pending: usize) -> anyhow::Result<()> {
+        while self.in_flight.len() > pending {
+            let (last, _) = self.in_flight[0];
+            self.confirms
+                .wait_for(Some(self.link), last)
+                .context("republishing dead letters")?;
+            let (_, window) = self.in_flight.pop_front().expect("a window in flight");
+            // Unless another order's letters are kept unacked on this
+            // channel, everything delivered up to the window's last is in
+            // this window or in ones already acked: one ack for all of it.
+            let ack_all = self.options.order_id.is_none();
+            let last = window.len() - 1;
+            for (n, (get, letter)) in window.into_iter().enumerate() {
+                if !ack_all {
+                    get.ack(self.channel)
+                } else if n == last {
+                    get.ack_multiple(self.channel)
+                } else {
+                    Ok(())
+                }
+                .context("removing replayed messages from the DLQ")?;
+                self.report.replayed += 1;
+                self.history.push(letter);
             }
-            .context("removing replayed messages from the DLQ")?;
-            self.report.replayed += 1;
-            self.history.push(letter);
-        }
-        if self.history.len() >= HISTORY_BATCH {
-            self.record_history();
+            if self.history.len() >= HISTORY_BATCH {
+                self.record_history();
+            }
         }
         Ok(())
     }

@@ -138,18 +138,15 @@ fn purge_removes_a_namespaces_queues_exchanges_redis_keys_and_database_together(
     assert_eq!(again["database"], serde_json::Value::Null);
 }
 
-#[test]
-fn a_dry_run_then_a_replay_of_5000_dead_letters_moves_all_of_them_in_seconds() {
+/// Puts `count` messages of junk in the notifications DLQ, as if a foreign
+/// service had published them and they ended up dead-lettered.
+fn dead_letter_junk(env: &TestEnv, count: usize) {
     use ordctl::messaging::{Confirms, Outgoing};
-    const JUNK: usize = 5_000;
-    let env = TestEnv::new();
-    env.ordctl(["migrate"]).assert_code(0);
-    // A foreign service published junk that ended up dead-lettered.
     let mut connection = ordctl::messaging::connect(&env.settings.amqp_url).unwrap();
     let channel = connection.open_channel(None).unwrap();
     env.topology().declare(&channel).unwrap();
     let mut confirms = Confirms::enable(&channel).unwrap();
-    let junk: Vec<Outgoing> = (0..JUNK)
+    let junk: Vec<Outgoing> = (0..count)
         .map(|n| {
             Outgoing::new(
                 env.dlq(),
@@ -162,7 +159,15 @@ fn a_dry_run_then_a_replay_of_5000_dead_letters_moves_all_of_them_in_seconds() {
         confirms.publish(&channel, "", window).unwrap();
     }
     let _ = connection.close();
-    assert_eq!(env.queue_depth(&env.dlq()) as usize, JUNK);
+    assert_eq!(env.queue_depth(&env.dlq()) as usize, count);
+}
+
+#[test]
+fn a_dry_run_then_a_replay_of_5000_dead_letters_moves_all_of_them_in_seconds() {
+    const JUNK: usize = 5_000;
+    let env = TestEnv::new();
+    env.ordctl(["migrate"]).assert_code(0);
+    dead_letter_junk(&env, JUNK);
 
     let dry = env
         .ordctl(["replay-dlq", "--dry-run", "--json"])
@@ -182,6 +187,88 @@ fn a_dry_run_then_a_replay_of_5000_dead_letters_moves_all_of_them_in_seconds() {
     assert_eq!(env.queue_depth(&env.work_queue()) as usize, JUNK);
     eprintln!("replay-dlq moved {JUNK} dead letters in {took:?}");
     assert!(took < Duration::from_secs(30), "replay took {took:?}");
+}
+
+/// A RabbitMQ policy on one queue, removed on drop.
+struct QueuePolicy(String);
+
+impl QueuePolicy {
+    /// Applies `definition` (JSON) to `queue` alone, above any other policy.
+    fn set(queue: &str, definition: &str) -> Self {
+        let name = format!("{queue}.test-policy");
+        let pattern = format!("^{}$", queue.replace('.', "\\."));
+        let status = Command::new("rabbitmqctl")
+            .args(["set_policy", &name, &pattern, definition])
+            .args(["--apply-to", "queues", "--priority", "1000"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("running rabbitmqctl");
+        assert!(status.success(), "rabbitmqctl set_policy failed");
+        wait_until("the policy on the queue", Duration::from_secs(15), || {
+            Command::new("rabbitmqctl")
+                .args([
+                    "list_queues",
+                    "--quiet",
+                    "--no-table-headers",
+                    "name",
+                    "policy",
+                ])
+                .output()
+                .is_ok_and(|out| {
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .any(|line| line.starts_with(queue) && line.ends_with(&name))
+                })
+        });
+        Self(name)
+    }
+}
+
+impl Drop for QueuePolicy {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["clear_policy", &self.0])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn a_replay_the_broker_rejects_midway_leaves_every_unconfirmed_letter_in_the_dlq() {
+    const LETTERS: usize = 1_000;
+    const ROOM: usize = 250;
+    let env = TestEnv::new();
+    env.ordctl(["migrate"]).assert_code(0);
+    dead_letter_junk(&env, LETTERS);
+    // The work queue takes ROOM messages, then the broker nacks every
+    // further publish: windows the replay has already sent behind the
+    // first nacked one are rejected too, or confirmed.
+    let full = QueuePolicy::set(
+        &env.work_queue(),
+        &format!(r#"{{"max-length":{ROOM},"overflow":"reject-publish"}}"#),
+    );
+    let failed = env.ordctl(["replay-dlq"]).assert_code(1);
+    assert!(failed.output().contains("rejected"), "{}", failed.output());
+    // The letters whose copies were not all confirmed return to the DLQ
+    // when the run's channel closes.
+    let (dlq, work) = (env.dlq(), env.work_queue());
+    wait_until(
+        "the unconfirmed letters back in the DLQ",
+        Duration::from_secs(15),
+        || (env.queue_depth(&dlq) + env.queue_depth(&work)) as usize >= LETTERS,
+    );
+    // At most ROOM copies were confirmed: no other letter left the DLQ.
+    let left = LETTERS - env.queue_depth(&dlq) as usize;
+    assert!(
+        left <= ROOM,
+        "{left} letters left the DLQ, {ROOM} copies confirmed"
+    );
+    assert_eq!(env.queue_depth(&work) as usize, ROOM);
+    // Once there is room again, the next run moves the rest.
+    drop(full);
+    let replayed = env.ordctl(["replay-dlq", "--json"]).assert_code(0).json();
+    assert_eq!(replayed["remaining"], 0);
+    assert_eq!(env.queue_depth(&dlq), 0);
 }
 
 /// An SMTP server that requires AUTH: user `ordctl`, password `right`
