@@ -57,26 +57,10 @@ pub struct Placed {
 /// [`InvalidInput`]; not enough stock: [`Refused`](crate::error::Refused);
 /// nothing is written either way. An idempotency key placed before returns
 /// that first order, `replayed`, and writes nothing.
+///
+/// The commit wakes no LISTENer: the caller publishes the events, then
+/// calls [`announce`] — once for all the orders it committed.
 pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, Vec<i64>)> {
-    let placed = commit_unannounced(conn, order)?;
-    announce(conn);
-    Ok(placed)
-}
-
-/// Wakes the LISTENers of committed orders: the live feed shows them, and
-/// a relay publishes their events should the publish after the commit
-/// fail. One wake-up covers every order committed before it.
-pub fn announce(conn: &mut PgConnection) {
-    db::notify(conn, &[outbox::CHANNEL, db::feed::CHANNEL]);
-}
-
-/// [`commit`] without [`announce`], for a caller that commits many orders
-/// and announces them together (bulk placing, the server's publishing
-/// rounds).
-pub fn commit_unannounced(
-    conn: &mut PgConnection,
-    order: &NewOrder,
-) -> anyhow::Result<(Placed, Vec<i64>)> {
     let result = conn.transaction::<_, anyhow::Error, _>(|conn| {
         if let Some(key) = &order.idempotency_key {
             if let Some(first) = replay(conn, key, order)? {
@@ -243,6 +227,14 @@ fn first_placed(conn: &mut PgConnection, key: &IdempotencyKey) -> anyhow::Result
     }))
 }
 
+/// Wakes the LISTENers of committed orders once their publish was tried:
+/// the live feed shows them, and a relay publishes the events the publish
+/// did not. (Before the publish, it would send a relay after the same
+/// rows.) One wake-up covers every order committed before it.
+pub fn announce(conn: &mut PgConnection) {
+    db::notify(conn, &[outbox::CHANNEL, db::feed::CHANNEL]);
+}
+
 fn is_key_conflict(error: &anyhow::Error) -> bool {
     matches!(
         error.downcast_ref::<DieselError>(),
@@ -279,6 +271,7 @@ pub fn place(
 ) -> anyhow::Result<Placed> {
     let mut committed = [commit(conn, order)?];
     publish(conn, publisher, &mut committed);
+    announce(conn);
     let [(placed, _)] = committed;
     Ok(placed)
 }
@@ -346,13 +339,12 @@ impl<'a> Window<'a> {
         }
     }
 
-    /// Announces the pending orders and publishes them under one confirm
-    /// wait; returns how many were published.
+    /// Publishes the pending orders under one confirm wait, then announces
+    /// them; returns how many were published.
     fn flush(&mut self, conn: &mut PgConnection) -> u64 {
         if self.pending.is_empty() {
             return 0;
         }
-        announce(conn);
         if self.publisher.is_none()
             && self
                 .lost_at
@@ -363,6 +355,7 @@ impl<'a> Window<'a> {
         }
         let had_publisher = self.publisher.is_some();
         publish(conn, &mut self.publisher, &mut self.pending);
+        announce(conn);
         if had_publisher && self.publisher.is_none() {
             self.lost_at = Some(Instant::now());
         }
@@ -460,11 +453,11 @@ pub fn place_many(
                     ),
                     BulkContents::Items(items) => NewOrder::for_items(user_id, items.clone()),
                 };
-                // Announced with the window, one wake-up for all of it.
+                // Announced with its window, one wake-up for all of it.
                 let result = match conn.as_mut() {
-                    Some(connection) => commit_unannounced(connection, &order),
+                    Some(connection) => commit(connection, &order),
                     None => match pool.get() {
-                        Ok(connection) => commit_unannounced(conn.insert(connection), &order),
+                        Ok(connection) => commit(conn.insert(connection), &order),
                         Err(error) => {
                             Err(anyhow::Error::from(error).context("getting a database connection"))
                         }

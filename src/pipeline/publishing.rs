@@ -6,8 +6,9 @@
 //! publish waits, and the busier the server, the more requests share a
 //! round (the way PostgreSQL's group commit shares a disk flush): one
 //! lock-and-mark transaction and one confirm wait per round instead of per
-//! request — and one NOTIFY per round, which wakes the live feed and the
-//! relays for all of its orders (the requests commit without one). More
+//! request — and one NOTIFY per round, after its publish, which wakes the
+//! live feed and the relays for all of its orders (the requests commit
+//! without one). More
 //! threads were measured to cost more CPU per request (more,
 //! smaller rounds) and so fewer requests per second on a busy machine.
 //!
@@ -116,9 +117,9 @@ fn run(database_url: &Url, publishers: &PublisherPool, jobs: &Receiver<Job>) {
     }
 }
 
-/// Publishes the rows under one confirm wait and marks them published. A
-/// failure is logged and drops the publisher and the connection (either
-/// may be what broke); the rows stay for the relay.
+/// Publishes the rows under one confirm wait and marks them published,
+/// then announces them. A failure is logged and drops the publisher and
+/// the connection (either may be what broke); the rows stay for the relay.
 fn publish_round(
     database_url: &Url,
     publishers: &PublisherPool,
@@ -141,25 +142,28 @@ fn publish_round(
             }
         },
     };
-    // One wake-up for the round's orders: the live feed shows them, and a
-    // relay publishes them should this publish fail.
-    place_order::announce(connection);
-    let Some(mut publisher) = publishers.take() else {
-        return false;
-    };
-    match relay::publish_committed(connection, &mut publisher, outbox_ids) {
-        Ok(()) => {
-            publishers.give_back(publisher);
-            true
+    // No publisher: the broker is unreachable, which the pool reports.
+    let published = publishers.take().map(|mut publisher| {
+        let result = relay::publish_committed(connection, &mut publisher, outbox_ids);
+        match result {
+            Ok(()) => publishers.give_back(publisher),
+            Err(_) => publisher.close(),
         }
-        Err(error) => {
+        result
+    });
+    // One wake-up for the round's orders: the live feed shows them, and a
+    // relay publishes them if this publish failed.
+    place_order::announce(connection);
+    match published {
+        Some(Ok(())) => true,
+        Some(Err(error)) => {
             tracing::warn!(
                 events = outbox_ids.len(),
                 "events committed but not published ({error:#}); the relay will publish them"
             );
-            publisher.close();
             *conn = None;
             false
         }
+        None => false,
     }
 }

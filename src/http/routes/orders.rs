@@ -137,7 +137,7 @@ pub async fn create(
             let mut conn = state.conn()?;
             // Announced by the publishing round it joins, with the
             // round's other orders.
-            let (placed, outbox_ids) = place_order::commit_unannounced(&mut conn, &order)?;
+            let (placed, outbox_ids) = place_order::commit(&mut conn, &order)?;
             state.products.invalidate(&placed.stock_changed);
             // A replayed order may have moved on since it was placed.
             let status = match placed.replayed {
