@@ -3,12 +3,13 @@
 use diesel::dsl::now;
 use diesel::prelude::*;
 
-use diesel::sql_types::{Array, BigInt, Text};
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 
 use super::models::{NewOrderRow, Order};
 use super::prepared::{bind, prepared};
 use super::schema::orders;
-use crate::domain::{OrderId, OrderStatus, UserId};
+use crate::domain::{Event, OrderId, OrderStatus, UserId};
 
 /// Inserts one order. Its columns are given one by one rather than as the
 /// `Insertable` struct: diesel prepares a statement built from `eq`s once
@@ -41,6 +42,47 @@ pub fn find_by_idempotency_key(conn: &mut PgConnection, key: &str) -> QueryResul
         .select(Order::as_select())
         .first(conn)
         .optional()
+}
+
+/// Inserts an order created at `created_at` and its `event` in the outbox,
+/// in ONE statement (its own transaction when none is open): `event`'s
+/// `order.id` is set to the new order's id on the way in. Returns the
+/// order's id and the outbox row's.
+pub fn insert_with_event(
+    conn: &mut PgConnection,
+    order: &NewOrderRow<'_>,
+    created_at: DateTime<Utc>,
+    event: &Event,
+) -> QueryResult<(OrderId, i64)> {
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = BigInt)]
+        order_id: OrderId,
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let inserted: Inserted = prepared(
+        "WITH placed AS ( \
+             INSERT INTO orders (user_id, amount_minor, currency, idempotency_key, created_at, \
+                 updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id) \
+         INSERT INTO outbox (event_id, order_id, routing_key, payload) \
+         SELECT $7, placed.id, $8, jsonb_set($9, '{order,id}', to_jsonb(placed.id)) FROM placed \
+         RETURNING order_id, id",
+        (
+            bind::<BigInt, _>(order.user_id),
+            bind::<BigInt, _>(order.amount_minor),
+            bind::<Text, _>(order.currency),
+            bind::<Nullable<Text>, _>(order.idempotency_key),
+            bind::<Timestamptz, _>(created_at),
+            bind::<Timestamptz, _>(created_at),
+            bind::<SqlUuid, _>(event.event_id()),
+            bind::<Text, _>(event.routing_key()),
+            bind::<Jsonb, _>(event.to_json()),
+        ),
+    )
+    .get_result(conn)?;
+    Ok((inserted.order_id, inserted.id))
 }
 
 /// The name of the unique constraint on `orders.idempotency_key`.

@@ -88,6 +88,7 @@ tuple_binds!(0: S0 T0, 1: S1 T1, 2: S2 T2, 3: S3 T3, 4: S4 T4);
 tuple_binds!(0: S0 T0, 1: S1 T1, 2: S2 T2, 3: S3 T3, 4: S4 T4, 5: S5 T5);
 tuple_binds!(0: S0 T0, 1: S1 T1, 2: S2 T2, 3: S3 T3, 4: S4 T4, 5: S5 T5, 6: S6 T6);
 tuple_binds!(0: S0 T0, 1: S1 T1, 2: S2 T2, 3: S3 T3, 4: S4 T4, 5: S5 T5, 6: S6 T6, 7: S7 T7);
+tuple_binds!(0: S0 T0, 1: S1 T1, 2: S2 T2, 3: S3 T3, 4: S4 T4, 5: S5 T5, 6: S6 T6, 7: S7 T7, 8: S8 T8);
 
 fn mismatch(problem: String) -> DieselError {
     DieselError::QueryBuilderError(problem.into())

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use chrono::SubsecRound;
 use diesel::r2d2::PooledConnection;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::{Connection, PgConnection};
@@ -61,6 +62,12 @@ pub struct Placed {
 /// The commit wakes no LISTENer: the caller publishes the events, then
 /// calls [`announce`] — once for all the orders it committed.
 pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, Vec<i64>)> {
+    if let (OrderContents::Amount { amount, currency }, None) =
+        (&order.contents, &order.idempotency_key)
+    {
+        return insert_amount(conn, order.user_id, *amount, currency)
+            .with_context(|| format!("placing an order for user {}", order.user_id));
+    }
     let result = conn.transaction::<_, anyhow::Error, _>(|conn| {
         if let Some(key) = &order.idempotency_key {
             if let Some(first) = replay(conn, key, order)? {
@@ -79,6 +86,54 @@ pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Plac
     }
     .with_context(|| format!("placing an order for user {}", order.user_id))?;
     Ok(placed)
+}
+
+/// An order for an amount alone, without idempotency key: nothing to read
+/// or check first, so the order and its `order.created` go in with ONE
+/// statement, which commits on its own — one round trip instead of four
+/// (BEGIN, two inserts, COMMIT). The event is built here with the order's
+/// time (this clock, to the microsecond, as the row stores it) and its id
+/// filled in by the statement.
+fn insert_amount(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    amount: Money,
+    currency: &Currency,
+) -> anyhow::Result<(Placed, Vec<i64>)> {
+    let created_at = chrono::Utc::now().trunc_subsecs(6);
+    let snapshot = OrderSnapshot {
+        id: OrderId(0),
+        user_id,
+        amount,
+        currency: currency.clone(),
+        items: Vec::new(),
+    };
+    let event = Event::OrderCreated(OrderCreated::new(snapshot, created_at));
+    let row = NewOrderRow {
+        user_id,
+        amount_minor: amount.minor_units(),
+        currency: currency.as_str(),
+        idempotency_key: None,
+    };
+    let (order_id, outbox_id) =
+        orders::insert_with_event(conn, &row, created_at, &event).map_err(|error| match error {
+            DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                unknown_user(user_id)
+            }
+            other => other.into(),
+        })?;
+    let placed = Placed {
+        order_id,
+        user_id,
+        amount,
+        currency: currency.clone(),
+        event_id: event.event_id(),
+        published: false,
+        items: Vec::new(),
+        replayed: false,
+        stock_changed: Vec::new(),
+    };
+    Ok((placed, vec![outbox_id]))
 }
 
 fn insert(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, Vec<i64>)> {
