@@ -561,11 +561,11 @@ fn latency_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()>
         .max()
         .unwrap_or(1);
     tracing::info!(
-        "pipeline: {n} orders placed at concurrency {c} while `ordctl worker` drains them"
+        "pipeline: {n} orders placed one by one from {c} threads while `ordctl worker` drains them"
     );
     let (end_to_end, run) = bench
         .pipeline()
-        .sustained(n, c)
+        .sustained(&bench.user_ids, n, c)
         .context("measuring the sustained rate")?;
     report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(mib(run.peak_rss_kib));
     let sustained = end_to_end.per_sec;
