@@ -524,13 +524,7 @@ fn curve_section(
 fn default_worker_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()> {
     let n = bench.options.orders;
     let pipeline = bench.pipeline();
-    let c = bench
-        .options
-        .concurrencies
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(1);
+    let c = bench.max_concurrency();
     pipeline.place(n, c).context("placing orders")?;
     tracing::info!("pipeline: draining {n} orders through `ordctl worker` (defaults)");
     let (rate, run) = pipeline.drain(n, None).context("draining")?;
@@ -553,13 +547,7 @@ fn default_worker_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Res
 /// out while the worker drains); latencies from the database.
 fn latency_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()> {
     let n = bench.options.orders;
-    let c = bench
-        .options
-        .concurrencies
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(1);
+    let c = bench.max_concurrency();
     tracing::info!(
         "pipeline: {n} orders placed one by one from {c} threads while `ordctl worker` drains them"
     );
