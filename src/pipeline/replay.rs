@@ -19,7 +19,7 @@ use amiquip::{
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use crossbeam_channel::RecvTimeoutError;
-use diesel::{Connection, PgConnection, RunQueryDsl};
+use diesel::{Connection, PgConnection};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -472,7 +472,7 @@ fn record_replays(conn: &mut PgConnection, moved: &[DeadLetter]) {
     // Without waiting for the disk: the move, which must not be lost, is
     // already confirmed; a crash can lose only this note of it.
     let recorded = conn.transaction(|conn| {
-        diesel::sql_query("SET LOCAL synchronous_commit TO OFF").execute(conn)?;
+        crate::db::commit_lazily(conn)?;
         delivery_attempts::record_many(conn, &attempts)
     });
     if let Err(error) = recorded {
