@@ -248,6 +248,8 @@ const OUTAGE_PAUSE_MAX: Duration = Duration::from_secs(10);
 /// are handled in order, and a shutdown or crash returns the unacked ones
 /// to the queue.
 const PREFETCH_PER_SLOT: u16 = 16;
+/// A slot acks what it handled once no message came for this long.
+const ACK_WHEN_QUIET: Duration = Duration::from_millis(100);
 
 /// One channel, one batch of messages at a time.
 struct Slot<'a> {
@@ -273,10 +275,13 @@ impl Slot<'_> {
         // Handled, not yet acked: waiting for one durable() for all.
         let mut handled: Vec<Delivery> = Vec::new();
         while !shutdown.is_triggered() && !failed.load(Ordering::SeqCst) {
-            let first = match consumer.receiver().recv_timeout(Duration::from_millis(100)) {
+            let first = match consumer.receiver().recv_timeout(ACK_WHEN_QUIET) {
                 Ok(ConsumerMessage::Delivery(delivery)) => delivery,
                 Ok(other) => bail!("consumer on {queue} stopped: {other:?}"),
-                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.ack(&mut handled)?;
+                    continue;
+                }
                 Err(RecvTimeoutError::Disconnected) => bail!("consumer on {queue} disconnected"),
             };
             // The messages already here join the first one's batch.
@@ -299,13 +304,11 @@ impl Slot<'_> {
             if let Some(other) = stopped {
                 bail!("consumer on {queue} stopped: {other:?}");
             }
-            // Ack once no more messages wait here (or the slot holds its
-            // most): under load, a batch shares one flush and one ack;
-            // when idle, each message is acked at once.
-            if transient
-                || handled.len() >= usize::from(PREFETCH_PER_SLOT)
-                || consumer.receiver().is_empty()
-            {
+            // Ack once the slot holds its most, or when no message came
+            // for a while: the flush and the ack wait neither a message
+            // already pushed to this slot nor, at a steady low rate, each
+            // message, which would make one disk flush per email.
+            if transient || handled.len() >= usize::from(PREFETCH_PER_SLOT) {
                 self.ack(&mut handled)?;
             }
             if transient {
