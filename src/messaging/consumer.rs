@@ -243,8 +243,9 @@ const OUTAGE_PAUSE_MAX: Duration = Duration::from_secs(10);
 /// it handles the current batch, so the slot never waits for a round trip
 /// between messages. Also the largest batch: the messages waiting when the
 /// slot takes one are handled together (one delivery transaction, see
-/// [`Handler::handle`]), then acked together after one
-/// [`Handler::durable`] — one disk flush and one ack for the batch. They
+/// [`Handler::handle`]). Handled messages are acked once the slot holds
+/// this many or goes quiet ([`ACK_WHEN_QUIET`]), after one
+/// [`Handler::durable`] — one disk flush and one ack for all of them. They
 /// are handled in order, and a shutdown or crash returns the unacked ones
 /// to the queue.
 const PREFETCH_PER_SLOT: u16 = 16;
