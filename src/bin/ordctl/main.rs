@@ -47,6 +47,12 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // OpenSSL (libpq's TLS, native-tls) set up before anything uses it, and
+    // without its clean-up at exit: a command that ends early (bad input)
+    // may exit while the connection pool's thread is still opening a
+    // PostgreSQL connection, and OpenSSL torn down under that handshake
+    // crashed the process (SIGSEGV instead of the command's exit code).
+    openssl_sys::init();
     if let Err(error) = load_dotenv() {
         eprintln!("error: {error}");
         return ExitCode::from(2);
