@@ -28,11 +28,6 @@ use url::Url;
 use crate::secrets::redact;
 use crate::shutdown::Shutdown;
 
-diesel::define_sql_function! {
-    /// PostgreSQL's wall clock now, unlike `now()`, the transaction's start.
-    fn clock_timestamp() -> diesel::sql_types::Timestamptz;
-}
-
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 pub type PgPool = Pool<ConnectionManager<PgConnection>>;
@@ -161,12 +156,6 @@ fn apply_pending(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
     Ok(applied)
 }
 
-/// Wakes whoever LISTENs on `channels` after a commit that wrote what they
-/// wait for — relays ([`outbox::CHANNEL`]), the live feed's readers
-/// ([`feed::CHANNEL`]): one round trip, outside the writer's transaction (a
-/// notification sent inside it would serialise the commits of every
-/// writer, see migration 000005). Only a wake-up: if it fails, the readers'
-/// sweeps find the rows a little later.
 /// Lets the current transaction commit without waiting for the disk
 /// (`synchronous_commit = off` for this transaction alone), for writes whose
 /// loss in a crash is harmless or made good before anyone relies on them.
@@ -176,6 +165,12 @@ pub fn commit_lazily(conn: &mut PgConnection) -> QueryResult<()> {
         .map(drop)
 }
 
+/// Wakes whoever LISTENs on `channels` after a commit that wrote what they
+/// wait for — relays ([`outbox::CHANNEL`]), the live feed's readers
+/// ([`feed::CHANNEL`]): one round trip, outside the writer's transaction (a
+/// notification sent inside it would serialise the commits of every
+/// writer, see migration 000005). Only a wake-up: if it fails, the readers'
+/// sweeps find the rows a little later.
 pub fn notify(conn: &mut PgConnection, channels: &[&str]) {
     let wake: String = channels.iter().map(|c| format!("NOTIFY {c};")).collect();
     if let Err(error) = conn.batch_execute(&wake) {

@@ -38,8 +38,6 @@ pub struct Order {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = orders)]
 pub struct NewOrderRow<'a> {
     pub user_id: UserId,
     pub amount_minor: i64,
@@ -59,8 +57,6 @@ pub struct OutboxRow {
     pub published_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = outbox)]
 pub struct NewOutboxRow<'a> {
     pub event_id: Uuid,
     pub order_id: OrderId,
@@ -82,8 +78,7 @@ pub struct Notification {
     pub consumer: String,
 }
 
-#[derive(Clone, Insertable)]
-#[diesel(table_name = notifications)]
+#[derive(Clone)]
 pub struct NewNotification<'a> {
     pub event_id: Uuid,
     pub consumer: &'a str,

@@ -76,7 +76,7 @@ pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Plac
         }
         insert(conn, order)
     });
-    let placed = match (result, &order.idempotency_key) {
+    match (result, &order.idempotency_key) {
         // Another placer committed the same key while this one was
         // inserting: theirs is the first order.
         (Err(error), Some(key)) if is_key_conflict(&error) => replay(conn, key, order)?
@@ -84,8 +84,7 @@ pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Plac
             .ok_or(error),
         (result, _) => result,
     }
-    .with_context(|| format!("placing an order for user {}", order.user_id))?;
-    Ok(placed)
+    .with_context(|| format!("placing an order for user {}", order.user_id))
 }
 
 /// An order for an amount alone, without idempotency key: nothing to read
