@@ -8,9 +8,9 @@
 //! lock-and-mark transaction and one confirm wait per round instead of per
 //! request — and one NOTIFY per round, after its publish, which wakes the
 //! live feed and the relays for all of its orders (the requests commit
-//! without one). More
-//! threads were measured to cost more CPU per request (more,
-//! smaller rounds) and so fewer requests per second on a busy machine.
+//! without one). More threads were measured to cost more CPU per request
+//! (more, smaller rounds) and so fewer requests per second on a busy
+//! machine.
 //!
 //! Nothing changes about what is guaranteed: the events were committed
 //! with their order before they are queued here; a failed or skipped
@@ -133,13 +133,7 @@ fn publish_round(
         Some(connection) => connection,
         None => match db::connect(database_url) {
             Ok(connection) => conn.insert(connection),
-            Err(error) => {
-                tracing::warn!(
-                    events = outbox_ids.len(),
-                    "events committed but not published ({error:#}); the relay will publish them"
-                );
-                return false;
-            }
+            Err(error) => return not_published(outbox_ids, &error),
         },
     };
     // No publisher: the broker is unreachable, which the pool reports.
@@ -157,13 +151,18 @@ fn publish_round(
     match published {
         Some(Ok(())) => true,
         Some(Err(error)) => {
-            tracing::warn!(
-                events = outbox_ids.len(),
-                "events committed but not published ({error:#}); the relay will publish them"
-            );
             *conn = None;
-            false
+            not_published(outbox_ids, &error)
         }
         None => false,
     }
+}
+
+/// Logs a round that could not publish its committed events; `false`.
+fn not_published(outbox_ids: &[i64], error: &anyhow::Error) -> bool {
+    tracing::warn!(
+        events = outbox_ids.len(),
+        "events committed but not published ({error:#}); the relay will publish them"
+    );
+    false
 }
