@@ -4,15 +4,14 @@
 //! replayed or concurrently delivered event has its effect once.
 
 use anyhow::anyhow;
-use anyhow::Context;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::{Connection, PgConnection, RunQueryDsl};
+use diesel::{Connection, PgConnection};
 use uuid::Uuid;
 
 use crate::cache::SentMarks;
 use crate::db::delivery_attempts::{self, NewAttempt};
 use crate::db::models::NewNotification;
-use crate::db::{self, notifications, PgPool};
+use crate::db::{self, notifications, LazyDb};
 use crate::domain::{AttemptOutcome, DeliveryStatus, OrderId};
 use crate::messaging::consumer::{Disposition, HandleError};
 
@@ -77,12 +76,12 @@ pub enum Effects<'a> {
 /// an email that went out meanwhile is found by its mark and not sent
 /// again.
 ///
-/// The commit does not wait for the disk: [`make_durable`] runs before the
-/// messages are acked (see [`Logged`](super::handler::Logged)), so one flush covers
-/// every delivery a slot handled since. The marks are visible to other
-/// transactions at once, so a redelivery still finds them `sent`.
+/// The commit does not wait for the disk ([`LazyDb`]): [`LazyDb::durable`]
+/// runs before the messages are acked (see [`Logged`](super::handler::Logged)),
+/// so one flush covers every delivery handled since. The marks are visible
+/// to other transactions at once, so a redelivery still finds them `sent`.
 pub fn once_each(
-    db: &PgPool,
+    db: &LazyDb,
     deliveries: &[Delivery],
     mut effects: Effects<'_>,
 ) -> Vec<Result<Outcome, HandleError>> {
@@ -92,7 +91,6 @@ pub fn once_each(
     let mut conn = match db.get() {
         Ok(conn) => conn,
         Err(error) => {
-            let error = anyhow!(error).context("getting a database connection");
             let message = format!("{error:#}");
             return deliveries
                 .iter()
@@ -104,7 +102,7 @@ pub fn once_each(
     if all.len() > 1 {
         match in_one_transaction(&mut conn, deliveries, &all, &mut effects) {
             Ok(results) => {
-                wake(&mut conn, &effects);
+                wake(db, &effects);
                 return results;
             }
             Err(error) => tracing::info!(
@@ -121,16 +119,16 @@ pub fn once_each(
                 .and_then(|mut results| results.pop().expect("one result per delivery"))
         })
         .collect();
-    wake(&mut conn, &effects);
+    wake(db, &effects);
     results
 }
 
 /// After a delivery transaction: the live feed shows the deliveries, and a
 /// relay publishes the events a database effect wrote.
-fn wake(conn: &mut PgConnection, effects: &Effects<'_>) {
+fn wake(db: &LazyDb, effects: &Effects<'_>) {
     match effects {
-        Effects::Writes(_) => db::notify(conn, &[db::feed::CHANNEL, db::outbox::CHANNEL]),
-        Effects::Sends(..) => db::notify(conn, &[db::feed::CHANNEL]),
+        Effects::Writes(_) => db.wake(&[db::feed::CHANNEL, db::outbox::CHANNEL]),
+        Effects::Sends(..) => db.wake(&[db::feed::CHANNEL]),
     }
 }
 
@@ -146,7 +144,6 @@ fn in_one_transaction(
 ) -> Result<Vec<Result<Outcome, HandleError>>, HandleError> {
     let alone = which.len() == 1;
     conn.transaction(|conn| {
-        db::commit_lazily(conn).map_err(db_error)?;
         let rows: Vec<_> = which
             .iter()
             .map(|&i| log_row(&deliveries[i], DeliveryStatus::Pending))
@@ -236,23 +233,10 @@ fn send_once(
     Ok(reply)
 }
 
-/// Waits until every transaction committed so far on this server is on
-/// disk: a transaction that takes an id commits with the session's
-/// `synchronous_commit = on`, and flushing its commit record flushes the
-/// write-ahead log before it, where every earlier commit is. One statement,
-/// its own transaction: one round trip.
-pub fn make_durable(db: &PgPool) -> anyhow::Result<()> {
-    let mut conn = db.get().context("getting a database connection")?;
-    db::prepared::prepared("SELECT pg_current_xact_id()", ())
-        .execute(&mut conn)
-        .context("flushing the delivery log to disk")?;
-    Ok(())
-}
-
 /// Records a failed attempt (`retrying` or `dead`) after the delivery
 /// transaction rolled back; never downgrades a `sent` row.
 pub fn record_failure(
-    db: &PgPool,
+    db: &LazyDb,
     delivery: &Delivery,
     error: &HandleError,
     disposition: Disposition,
@@ -268,7 +252,7 @@ pub fn record_failure(
         notifications::record_failure(conn, &row, &error)?;
         delivery_attempts::record(conn, &attempt(delivery, outcome, Some(&error), None))
     })?;
-    db::notify(&mut conn, &[db::feed::CHANNEL]);
+    db.wake(&[db::feed::CHANNEL]);
     Ok(())
 }
 

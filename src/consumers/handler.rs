@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::delivery::{self, Delivery, Effects, Outcome};
 use crate::cache::{ProductCache, SentMarks, UserCache};
-use crate::db::PgPool;
+use crate::db::LazyDb;
 use crate::domain::OrderId;
 use crate::mail::Mailer;
 use crate::messaging::consumer::{Disposition, HandleError, Handler, Message};
@@ -18,7 +18,8 @@ use crate::messaging::topology::ConsumerSpec;
 
 /// What handlers are built from: the worker's shared resources and options.
 pub struct Deps {
-    pub db: PgPool,
+    /// Commits lazily: [`Logged`] makes them durable before any ack.
+    pub db: LazyDb,
     pub users: Arc<UserCache>,
     pub products: Arc<ProductCache>,
     pub mailer: Arc<Mailer>,
@@ -107,12 +108,12 @@ pub enum Kind<'a> {
 /// A [`Consume`] as the consumer runtime runs it, with the delivery log
 /// kept for it.
 pub struct Logged<C> {
-    db: PgPool,
+    db: LazyDb,
     consumer: C,
 }
 
 impl<C: Consume> Logged<C> {
-    pub fn boxed(db: &PgPool, consumer: C) -> Box<dyn Handler> {
+    pub fn boxed(db: &LazyDb, consumer: C) -> Box<dyn Handler> {
         Box::new(Self {
             db: db.clone(),
             consumer,
@@ -194,6 +195,6 @@ impl<C: Consume> Handler for Logged<C> {
     }
 
     fn durable(&self) -> anyhow::Result<()> {
-        delivery::make_durable(&self.db)
+        self.db.durable()
     }
 }

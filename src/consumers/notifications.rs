@@ -16,7 +16,6 @@ use super::delivery::{db_error, Delivery};
 use super::handler::{Consume, Consumer, Kind, Logged};
 use crate::cache::{SentMarks, UserCache};
 use crate::db::models::User;
-use crate::db::PgPool;
 use crate::domain::events::{Event, OrderSnapshot, ORDER_CANCELLED, ORDER_STATUS_UPDATED};
 use crate::domain::{OrderId, ORDER_CREATED};
 use crate::mail::{mail_error, render, MailError, Mailer};
@@ -34,7 +33,6 @@ pub const CONSUMER: Consumer = Consumer {
         Logged::boxed(
             &deps.db,
             Notifier {
-                db: deps.db.clone(),
                 users: deps.users.clone(),
                 mailer: deps.mailer.clone(),
                 sent_marks: deps.sent_marks.clone(),
@@ -45,7 +43,6 @@ pub const CONSUMER: Consumer = Consumer {
 };
 
 pub struct Notifier {
-    pub db: PgPool,
     pub users: Arc<UserCache>,
     pub mailer: Arc<Mailer>,
     pub sent_marks: Arc<SentMarks>,

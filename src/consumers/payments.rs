@@ -22,7 +22,7 @@ use super::delivery::{db_error, Delivery};
 use super::handler::{Consume, Consumer, Kind, Logged};
 use crate::cache::ProductCache;
 use crate::db::models::{NewPayment, Order, Payment};
-use crate::db::{orders, outbox, payments, PgPool};
+use crate::db::{orders, outbox, payments};
 use crate::domain::events::{DeclinedPaymentSnapshot, PaymentSnapshot};
 use crate::domain::{
     Event, OrderCreated, OrderId, OrderStatus, PaymentDeclined, PaymentStatus, PaymentSucceeded,
@@ -43,7 +43,6 @@ pub const CONSUMER: Consumer = Consumer {
         Logged::boxed(
             &deps.db,
             Payments {
-                db: deps.db.clone(),
                 gateway: Gateway {
                     fail_rate: deps.payment_fail_rate,
                 },
@@ -92,7 +91,6 @@ impl Gateway {
 }
 
 pub struct Payments {
-    pub db: PgPool,
     pub gateway: Gateway,
     pub products: Arc<ProductCache>,
 }

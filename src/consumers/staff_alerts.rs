@@ -13,7 +13,6 @@ use uuid::Uuid;
 use super::delivery::Delivery;
 use super::handler::{Consume, Consumer, Kind, Logged};
 use crate::cache::SentMarks;
-use crate::db::PgPool;
 use crate::domain::{OrderId, StockLow, STOCK_LOW};
 use crate::mail::{mail_error, render, Mailer};
 use crate::messaging::consumer::HandleError;
@@ -30,7 +29,6 @@ pub const CONSUMER: Consumer = Consumer {
         Logged::boxed(
             &deps.db,
             StaffAlerts {
-                db: deps.db.clone(),
                 mailer: deps.mailer.clone(),
                 sent_marks: deps.sent_marks.clone(),
                 from: deps.from.clone(),
@@ -41,7 +39,6 @@ pub const CONSUMER: Consumer = Consumer {
 };
 
 pub struct StaffAlerts {
-    pub db: PgPool,
     pub mailer: Arc<Mailer>,
     pub sent_marks: Arc<SentMarks>,
     pub from: Mailbox,

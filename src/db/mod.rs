@@ -4,6 +4,7 @@
 
 pub mod delivery_attempts;
 pub mod feed;
+pub mod lazy;
 pub mod models;
 pub mod notifications;
 pub mod order_items;
@@ -31,6 +32,8 @@ use crate::shutdown::Shutdown;
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+
+pub use lazy::LazyDb;
 
 /// Opens one connection; the error names the (masked) URL.
 pub fn connect(url: &Url) -> anyhow::Result<PgConnection> {

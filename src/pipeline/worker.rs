@@ -53,7 +53,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let slots = u32::from(options.consumer.concurrency.max(1)) * consumers.len().max(1) as u32;
     let deps = Deps {
-        db: db::pool(&settings.database_url, slots.min(MAX_DB_CONNECTIONS) + 1)?,
+        db: db::LazyDb::connect(&settings.database_url, slots.min(MAX_DB_CONNECTIONS) + 1)?,
         users: Arc::new(UserCache::new(
             &settings.redis_url,
             settings.namespace.clone(),
