@@ -82,6 +82,7 @@ pub fn run(
     std::thread::scope(|scope| {
         if options.relay {
             scope.spawn(|| {
+                let _stop = StopAllOnExit(shutdown);
                 relay::run(
                     &settings.database_url,
                     &settings.amqp_url,
@@ -92,12 +93,18 @@ pub fn run(
             });
         }
         if let Some(idle) = options.exit_when_idle {
-            scope.spawn(move || exit_when_idle(settings, topology, idle, shutdown, activity));
+            scope.spawn(move || {
+                let _stop = StopAllOnExit(shutdown);
+                exit_when_idle(settings, topology, idle, shutdown, activity)
+            });
         }
         let running: Vec<_> = handlers
             .iter()
             .map(|handler| {
                 scope.spawn(|| {
+                    // The other consumers, the relay and the idle timer stop
+                    // with this one.
+                    let _stop = StopAllOnExit(shutdown);
                     consumer::run(
                         &settings.amqp_url,
                         topology,
@@ -106,18 +113,27 @@ pub fn run(
                         shutdown,
                         activity,
                     );
-                    // The other consumers, the relay and the idle timer stop
-                    // with this one.
-                    shutdown.trigger();
                 })
             })
             .collect();
-        for consumer in running {
-            let _ = consumer.join();
-        }
-        shutdown.trigger();
-    });
-    Ok(())
+        let panicked = running
+            .into_iter()
+            .map(|consumer| consumer.join().is_err())
+            .fold(false, |any, this| any | this);
+        anyhow::ensure!(!panicked, "a consumer thread panicked");
+        Ok(())
+    })
+}
+
+/// Stops the whole worker when the thread holding it ends, however it
+/// ends: a thread that died (a panic) must not leave the others running
+/// without it, or a worker that neither works nor exits.
+struct StopAllOnExit<'a>(&'a Shutdown);
+
+impl Drop for StopAllOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.trigger();
+    }
 }
 
 /// The mailer, limited to the fleet's send rate when there is one.

@@ -105,6 +105,25 @@ impl Running {
         }
     }
 
+    /// Starts `command` with stdout and stderr pipes nobody reads: their
+    /// read ends are closed at once, so every write fails, as when the
+    /// reader of its logs went away (`ordctl worker 2>&1 | head`).
+    pub fn spawn_unread(mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+        drop(child.stdout.take());
+        drop(child.stderr.take());
+        let unread = || std::thread::spawn(|| "(closed unread)".to_string());
+        Self {
+            child: Some(child),
+            stdout: Some(unread()),
+            stderr: Some(unread()),
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()

@@ -5,8 +5,9 @@
 use crate::common;
 
 use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
 
-use common::{keys, with_password, TestEnv, DOWN_AMQP_URL, DOWN_REDIS_URL};
+use common::{keys, with_password, Running, TestEnv, DOWN_AMQP_URL, DOWN_REDIS_URL};
 use diesel::prelude::*;
 use ordctl::db::schema::{delivery_attempts, notifications, orders, outbox, users};
 use serde_json::Value;
@@ -628,6 +629,25 @@ fn the_worker_exits_0_when_idle() {
     let run = env.ordctl(["worker", "--exit-when-idle", "1"]);
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert!(env.emails().is_empty());
+}
+
+#[test]
+fn a_worker_whose_log_reader_went_away_keeps_working_and_stops_when_told() {
+    // Every line it logs fails to write: it must neither die nor hang.
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    env.place_order(1, "10.00", &[]);
+    let idle = Running::spawn_unread(env.command(["worker", "--exit-when-idle", "1"]));
+    assert_eq!(idle.wait().code, Some(0), "exits when idle");
+    assert_eq!(env.emails().len(), 1);
+
+    let worker = Running::spawn_unread(env.command(["worker"]));
+    env.place_order(2, "12.50", &[]);
+    common::wait_until("the second email", Duration::from_secs(30), || {
+        env.emails().len() == 2
+    });
+    worker.terminate();
+    assert_eq!(worker.wait().code, Some(0), "stops on SIGTERM");
 }
 
 #[test]

@@ -152,11 +152,11 @@ async fn stop_on_signals(shutdown: Shutdown) {
             _ = terminate.recv() => {}
         }
         if round > 0 {
-            eprintln!("second signal: exiting now");
+            tracing::warn!("second signal: exiting now");
             std::process::exit(130);
         }
-        tracing::info!("stopping: finishing in-flight work (signal again to exit now)");
         shutdown.trigger();
+        tracing::info!("stopping: finishing in-flight work (signal again to exit now)");
     }
 }
 
@@ -199,8 +199,14 @@ fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
     .fold(filter, |filter, directive| {
         filter.add_directive(directive.parse().expect("a valid directive"))
     });
+    // A line that cannot be written (stderr a pipe nobody reads any
+    // more, a full disk) is dropped. By default the subscriber reports it
+    // with eprintln!, which panics on the same broken stderr and took down
+    // whichever thread logged: a worker's consumers, its idle timer, its
+    // signal handler, leaving a process that neither worked nor exited.
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_env_filter(filter);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
