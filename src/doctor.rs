@@ -98,13 +98,23 @@ impl Report {
 /// Runs every check. `management` is the API `status` reads unacked
 /// counts from; `None` skips that (warning-only) check.
 pub fn run(settings: &Settings, topology: &Topology, management: Option<&ManagementApi>) -> Report {
-    let mut checks = vec![postgres(settings)];
-    checks.extend(rabbitmq(settings, topology));
-    if let Some(api) = management {
-        checks.push(management_api(api, topology));
-    }
-    checks.push(redis(settings));
-    checks.push(mail(settings));
+    // Each service at once (a worker's start waits for all of them),
+    // reported in this order.
+    let checks = std::thread::scope(|scope| {
+        let postgres = scope.spawn(|| postgres(settings));
+        let rabbitmq = scope.spawn(|| rabbitmq(settings, topology));
+        let management = management.map(|api| scope.spawn(|| management_api(api, topology)));
+        let redis = scope.spawn(|| redis(settings));
+        let mail = scope.spawn(|| mail(settings));
+        let mut checks = vec![postgres.join().expect("the postgresql check panicked")];
+        checks.extend(rabbitmq.join().expect("the rabbitmq check panicked"));
+        if let Some(management) = management {
+            checks.push(management.join().expect("the management check panicked"));
+        }
+        checks.push(redis.join().expect("the redis check panicked"));
+        checks.push(mail.join().expect("the smtp check panicked"));
+        checks
+    });
     Report {
         ok: checks.iter().all(|check| check.status != Verdict::Fail),
         checks,

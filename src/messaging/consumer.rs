@@ -189,7 +189,7 @@ fn session(
 ) -> anyhow::Result<()> {
     let mut connection = connect(brokers)?;
     let setup = connection.open_channel(None)?;
-    topology.declare(&setup)?;
+    topology.declare_consumer(&setup, handler.spec().name)?;
     setup.close()?;
     let channels = (0..options.concurrency.max(1))
         .map(|_| connection.open_channel(None))

@@ -120,6 +120,18 @@ impl Topology {
 
     /// Declares everything; safe to call any number of times.
     pub fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
+        self.declare_for(channel, None)
+    }
+
+    /// Declares the exchanges and the queues of the consumer called
+    /// `consumer`: what consuming needs. (Publishers declare everything, so
+    /// an event is never routed before every consumer's queue exists.)
+    pub fn declare_consumer(&self, channel: &Channel, consumer: &str) -> anyhow::Result<()> {
+        self.declare_for(channel, Some(consumer))
+    }
+
+    /// The exchanges, and the queues of `only` that consumer or of all.
+    fn declare_for(&self, channel: &Channel, only: Option<&str>) -> anyhow::Result<()> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -133,7 +145,11 @@ impl Topology {
                 .exchange_declare(kind, name.as_str(), durable.clone())
                 .with_context(|| format!("declaring exchange {name}"))?;
         }
-        for consumer in &self.consumers {
+        let consumers = self
+            .consumers
+            .iter()
+            .filter(|consumer| only.is_none_or(|name| name == consumer.name));
+        for consumer in consumers {
             let queue = self.queue(consumer.name);
             self.declare_queue(channel, &queue, self.typed(FieldTable::new()))?;
             for key in consumer.routing_keys {
