@@ -20,6 +20,11 @@ use crate::messaging::topology::Topology;
 use crate::send_rate::SendRate;
 use crate::shutdown::{Activity, Shutdown};
 
+/// Slots per consumer when `--concurrency` is not given. 16 fills two
+/// cores: fewer leave them waiting on round trips, more only add
+/// connections (BENCHMARKS.md).
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+
 /// PostgreSQL connections the slots share, at most (plus one): a slot holds
 /// one only while its batch's transaction runs, PostgreSQL does a batch's
 /// work in a few milliseconds on a few cores, and `max_connections` (100 by

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 /// How much work a phase did, how fast, and how busy the machine was.
@@ -32,6 +33,9 @@ impl Rate {
 /// Times a phase and samples the machine's CPU use around it.
 pub struct Stopwatch {
     started: Instant,
+    /// The same moment on the wall clock, which the pipeline's own
+    /// timestamps use.
+    started_at: DateTime<Utc>,
     cpu: CpuSample,
 }
 
@@ -39,12 +43,20 @@ impl Stopwatch {
     pub fn start() -> Self {
         Self {
             cpu: CpuSample::now(),
+            started_at: Utc::now(),
             started: Instant::now(),
         }
     }
 
     pub fn rate(&self, count: u64) -> Rate {
         Rate::new(count, self.started.elapsed(), &self.cpu)
+    }
+
+    /// The rate of `count` things, the last of which was done at `end`
+    /// (a timestamp the pipeline wrote, on this machine's clock).
+    pub fn rate_until(&self, count: u64, end: DateTime<Utc>) -> Rate {
+        let elapsed = (end - self.started_at).to_std().unwrap_or_default();
+        Rate::new(count, elapsed, &self.cpu)
     }
 }
 

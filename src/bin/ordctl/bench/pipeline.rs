@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use ordctl::domain::{Currency, Money, NewOrder, UserId};
 use ordctl::fanout::fan_out;
 use ordctl::messaging::{self, publisher::Publisher, topology::Topology};
 use ordctl::pipeline::place_order::{self, Bulk, BulkContents, Users};
+use ordctl::pipeline::worker::DEFAULT_CONCURRENCY;
 use ordctl::shutdown::Shutdown;
 use serde::Serialize;
 
@@ -101,14 +102,14 @@ impl Pipeline<'_> {
 
     /// Starts `ordctl worker` (with `--concurrency` when given) on a
     /// backlog of `count` queued orders and times it from spawning the
-    /// process until all `count` are sent.
+    /// process until the last of the `count` emails was sent.
     pub fn drain(&self, count: u64, concurrency: Option<u16>) -> anyhow::Result<(Rate, WorkerRun)> {
         let mut conn = db::connect(&self.settings.database_url)?;
-        let before = count_sent(&mut conn, 0)?;
+        let (before, _) = count_sent(&mut conn, 0)?;
         let stopwatch = Stopwatch::start();
         let mut worker = self.spawn_worker(concurrency)?;
-        self.wait_until_sent(&mut worker, 0, before + count)?;
-        let rate = stopwatch.rate(count);
+        let last = self.wait_until_sent(&mut worker, 0, before + count)?;
+        let rate = stopwatch.rate_until(count, last);
         Ok((rate, worker.finish()?))
     }
 
@@ -127,11 +128,11 @@ impl Pipeline<'_> {
         let mut conn = db::connect(&self.settings.database_url)?;
         let first_id = max_order_id(&mut conn)?;
         let mut worker = self.spawn_worker(None)?;
-        self.wait_for_consumer(&mut worker)?;
+        self.wait_until_started(&mut worker, DEFAULT_CONCURRENCY)?;
         let stopwatch = Stopwatch::start();
         self.place_paced(user_ids, count, f64::INFINITY, concurrency)?;
-        self.wait_until_sent(&mut worker, first_id, count)?;
-        let rate = stopwatch.rate(count);
+        let last = self.wait_until_sent(&mut worker, first_id, count)?;
+        let rate = stopwatch.rate_until(count, last);
         Ok((rate, worker.finish()?))
     }
 
@@ -144,11 +145,18 @@ impl Pipeline<'_> {
         secs: f64,
     ) -> anyhow::Result<(Latency, WorkerRun)> {
         let mut conn = db::connect(&self.settings.database_url)?;
+        let mut worker = self.spawn_worker(None)?;
+        self.wait_until_started(&mut worker, DEFAULT_CONCURRENCY)?;
+        // Warm-up, not measured: the same load for a moment. A worker opens
+        // its database, Redis and SMTP connections as the first messages
+        // need them; one that has been running has them.
+        let warm_up = ((per_sec * WARM_UP_SECS).round() as u64).max(1);
+        let first_id = max_order_id(&mut conn)?;
+        self.place_paced(user_ids, warm_up, per_sec, placers(per_sec))?;
+        self.wait_until_sent(&mut worker, first_id, warm_up)?;
+
         let first_id = max_order_id(&mut conn)?;
         let count = ((per_sec * secs).round() as u64).max(1);
-
-        let mut worker = self.spawn_worker(None)?;
-        self.wait_for_consumer(&mut worker)?;
         let stopwatch = Stopwatch::start();
         self.place_paced(user_ids, count, per_sec, placers(per_sec))?;
         self.wait_until_sent(&mut worker, first_id, count)?;
@@ -214,13 +222,16 @@ impl Pipeline<'_> {
         concurrency: u16,
     ) -> anyhow::Result<()> {
         anyhow::ensure!(!user_ids.is_empty(), "the benchmark database has no users");
-        let started = Instant::now();
+        // The schedule starts once every placer is connected (fan_out
+        // starts them together): connecting is no order's latency.
+        let started = OnceLock::new();
         let setup = || -> anyhow::Result<_> {
             let conn = self.pool.get()?;
             let publisher = Publisher::connect(&self.settings.amqp_url, self.topology)?;
             Ok((conn, Some(publisher)))
         };
         fan_out(concurrency, count, &setup, &|(conn, publisher), items| {
+            let started = *started.get_or_init(Instant::now);
             while let Some(n) = items.take() {
                 if self.shutdown.is_triggered() {
                     break;
@@ -247,23 +258,28 @@ impl Pipeline<'_> {
         Worker::spawn(self.worker_exe, self.settings, concurrency)
     }
 
-    /// Waits until the worker consumes from the work queue.
-    fn wait_for_consumer(&self, worker: &mut Worker) -> anyhow::Result<()> {
-        let queue = self
-            .topology
-            .queue(ordctl::consumers::notifications::SPEC.name);
+    /// Waits until the worker has started: every consumer's work queue has
+    /// `slots` consumers (the worker's slots, each its own channel). A
+    /// worker that is still opening channels and connections would put its
+    /// start-up into the first orders' latency.
+    fn wait_until_started(&self, worker: &mut Worker, slots: u16) -> anyhow::Result<()> {
         let mut connection = messaging::connect(&self.settings.amqp_url)?;
         let channel = connection.open_channel(None)?;
         let deadline = Instant::now() + STALL_TIMEOUT;
         let result = loop {
             worker.check_alive()?;
-            let declared = channel.queue_declare_passive(queue.as_str())?;
-            if declared.declared_consumer_count().unwrap_or(0) > 0 {
+            let mut started = true;
+            for consumer in &self.topology.consumers {
+                let queue = self.topology.queue(consumer.name);
+                let declared = channel.queue_declare_passive(queue.as_str())?;
+                started &= declared.declared_consumer_count().unwrap_or(0) >= u32::from(slots);
+            }
+            if started {
                 break Ok(());
             }
             if Instant::now() > deadline || self.shutdown.is_triggered() {
                 break Err(anyhow::anyhow!(
-                    "the worker did not start consuming {queue}"
+                    "the worker did not start {slots} slots on every work queue"
                 ));
             }
             std::thread::sleep(POLL_INTERVAL);
@@ -274,19 +290,21 @@ impl Pipeline<'_> {
     }
 
     /// Polls the delivery log until `count` orders with an id above
-    /// `after_id` are sent.
+    /// `after_id` are sent; returns when the last of them was (its
+    /// `sent_at`, the worker's clock at the SMTP server's 250), so the
+    /// poll's interval adds nothing to a phase's time.
     fn wait_until_sent(
         &self,
         worker: &mut Worker,
         after_id: i64,
         count: u64,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<DateTime<Utc>> {
         let mut conn = db::connect(&self.settings.database_url)?;
         let (mut seen, mut progressed) = (0, Instant::now());
         loop {
-            let sent = count_sent(&mut conn, after_id)?;
-            if sent >= count {
-                return Ok(());
+            let (sent, last) = count_sent(&mut conn, after_id)?;
+            if let Some(last) = last.filter(|_| sent >= count) {
+                return Ok(last);
             }
             if sent > seen {
                 (seen, progressed) = (sent, Instant::now());
@@ -307,6 +325,9 @@ impl Pipeline<'_> {
         }
     }
 }
+
+/// How long the latency phase offers its load before the measured part.
+const WARM_UP_SECS: f64 = 1.0;
 
 /// Threads enough to keep an open-loop schedule of `rate` orders/s when a
 /// single `place-order` (commit, publish, confirm) takes up to 50 ms, at
@@ -330,19 +351,26 @@ fn max_order_id(conn: &mut PgConnection) -> anyhow::Result<i64> {
     Ok(max.id)
 }
 
-fn count_sent(conn: &mut PgConnection, after_id: i64) -> anyhow::Result<u64> {
+/// How many confirmation emails of orders with an id above `after_id` were
+/// sent, and when the last one was.
+fn count_sent(
+    conn: &mut PgConnection,
+    after_id: i64,
+) -> anyhow::Result<(u64, Option<DateTime<Utc>>)> {
     #[derive(QueryableByName)]
     struct Count {
         #[diesel(sql_type = BigInt)]
         n: i64,
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        last: Option<DateTime<Utc>>,
     }
     let count: Count = diesel::sql_query(
-        "SELECT count(*) AS n FROM notifications \
+        "SELECT count(*) AS n, max(sent_at) AS last FROM notifications \
          WHERE status = 'sent' AND consumer = 'notifications' AND order_id > $1",
     )
     .bind::<BigInt, _>(after_id)
     .get_result(conn)?;
-    Ok(count.n.max(0) as u64)
+    Ok((count.n.max(0) as u64, count.last))
 }
 
 /// The environment that points `ordctl worker` at the benchmark's

@@ -25,9 +25,9 @@ pub struct Args {
     consumers: Vec<String>,
 
     /// Messages each consumer handles at once (each holds a PostgreSQL
-    /// connection while it does). 16 fills two cores: fewer leave them
-    /// waiting on round trips, more only add connections (BENCHMARKS.md).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// connection while it does); the default fills two cores
+    /// (BENCHMARKS.md).
+    #[arg(long, default_value_t = worker::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
 
     /// Attempts before a transiently failing message is dead-lettered.
