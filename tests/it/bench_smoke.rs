@@ -62,7 +62,13 @@ fn bench_with_a_tiny_load_reports_every_figure_and_cleans_up() {
     .map(String::from)
     .to_vec();
     for point in 0..2 {
-        for figure in ["raw_postgres", "raw_smtp", "place", "drain/rate"] {
+        for figure in [
+            "raw_postgres",
+            "raw_smtp",
+            "raw_smtp_per_message",
+            "place",
+            "drain/rate",
+        ] {
             paths.push(format!("/curve/{point}/{figure}/per_sec"));
         }
     }

@@ -115,15 +115,26 @@ pub fn pgbench(url: &Url, user_ids: &[UserId], count: u64, clients: u16) -> anyh
     Ok(rate)
 }
 
+/// How `smtp-source` uses its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connections {
+    /// A new connection per message (connect, EHLO, one mail, QUIT):
+    /// smtp-source's default, and how the speed issue measured raw SMTP.
+    PerMessage,
+    /// Each session's connection reused for all its messages (`-d`), as
+    /// the worker reuses its own.
+    Reused,
+}
+
 /// `count` copies of `email` sent by `smtp-source` over `sessions`
-/// connections, each reused for its messages (`-d`), timed from start to
-/// exit. `None` when the server needs TLS or AUTH, which smtp-source does
-/// not speak.
+/// concurrent sessions, timed from start to exit. `None` when the server
+/// needs TLS or AUTH, which smtp-source does not speak.
 pub fn smtp_source(
     smtp: &SmtpSettings,
     email: &lettre::Message,
     count: u64,
     sessions: u16,
+    connections: Connections,
 ) -> anyhow::Result<Option<Rate>> {
     if smtp.tls != SmtpTls::None || smtp.credentials.is_some() {
         tracing::warn!("smtp-source speaks neither TLS nor AUTH: no raw SMTP figure for {smtp}");
@@ -143,8 +154,12 @@ pub fn smtp_source(
         .map_or_else(String::new, |to| to.to_string());
     let cpu = CpuSample::now();
     let started = Instant::now();
-    let output = Command::new(SMTP_SOURCE)
-        .args(["-d", "-f", &from, "-t", &to])
+    let mut command = Command::new(SMTP_SOURCE);
+    if connections == Connections::Reused {
+        command.arg("-d");
+    }
+    let output = command
+        .args(["-f", &from, "-t", &to])
         .arg("-m")
         .arg(count.to_string())
         .arg("-s")
