@@ -85,6 +85,8 @@ fn bench_with_a_tiny_load_reports_every_figure_and_cleans_up() {
     assert_eq!(report["curve"][0]["place"]["count"], 20);
     assert_eq!(report["curve"][0]["drain"]["rate"]["count"], 20);
     assert_eq!(report["latency"]["commit_to_smtp_250_ms"]["samples"], 20);
+    assert_eq!(report["latency"]["published_to_delivery_ms"]["samples"], 20);
+    assert_eq!(report["latency"]["in_delivery_ms"]["samples"], 20);
     assert_eq!(report["replay"]["dead_letters"]["count"], 20);
     let figures = report["figures"].as_array().expect("a figures array");
     let ratios: Vec<&str> = figures

@@ -639,6 +639,16 @@ fn latency_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()>
         latency.relay_lag_ms.p99,
         "ms",
     ));
+    figures.push(Figure::plain(
+        "published → worker's delivery transaction, p99",
+        latency.published_to_delivery_ms.p99,
+        "ms",
+    ));
+    figures.push(Figure::plain(
+        "delivery transaction → SMTP 250, p99",
+        latency.in_delivery_ms.p99,
+        "ms",
+    ));
     report.latency = Some(latency);
     Ok(())
 }

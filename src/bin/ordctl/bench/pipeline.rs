@@ -66,6 +66,13 @@ pub struct Latency {
     /// outbox.created_at → outbox.published_at (right after the broker's
     /// confirm).
     pub relay_lag_ms: Percentiles,
+    /// Where the rest goes: outbox.published_at → the start of the
+    /// worker's delivery transaction (notifications.created_at; negative
+    /// when the worker had the message before the placer stamped its
+    /// confirm) ...
+    pub published_to_delivery_ms: Percentiles,
+    /// ... and that transaction's start → the SMTP server's 250.
+    pub in_delivery_ms: Percentiles,
 }
 
 impl Pipeline<'_> {
@@ -170,10 +177,13 @@ impl Pipeline<'_> {
             #[diesel(sql_type = Nullable<Timestamptz>)]
             published_at: Option<DateTime<Utc>>,
             #[diesel(sql_type = Nullable<Timestamptz>)]
+            delivery_started_at: Option<DateTime<Utc>>,
+            #[diesel(sql_type = Nullable<Timestamptz>)]
             sent_at: Option<DateTime<Utc>>,
         }
         let rows: Vec<Row> = diesel::sql_query(
-            "SELECT o.created_at, x.published_at, n.sent_at FROM orders o \
+            "SELECT o.created_at, x.published_at, n.created_at AS delivery_started_at, n.sent_at \
+             FROM orders o \
              JOIN outbox x ON x.order_id = o.id AND x.routing_key = 'order.created' \
              LEFT JOIN notifications n ON n.order_id = o.id AND n.status = 'sent' \
                  AND n.consumer = 'notifications' \
@@ -205,6 +215,16 @@ impl Pipeline<'_> {
             relay_lag_ms: Percentiles::of(
                 rows.iter()
                     .filter_map(|row| Some(millis(row.created_at, row.published_at?)))
+                    .collect(),
+            ),
+            published_to_delivery_ms: Percentiles::of(
+                rows.iter()
+                    .filter_map(|row| Some(millis(row.published_at?, row.delivery_started_at?)))
+                    .collect(),
+            ),
+            in_delivery_ms: Percentiles::of(
+                rows.iter()
+                    .filter_map(|row| Some(millis(row.delivery_started_at?, row.sent_at?)))
                     .collect(),
             ),
         };
