@@ -89,12 +89,8 @@ pub struct Running {
 
 impl Running {
     /// Starts `command` with its output collected.
-    pub fn spawn(mut command: Command) -> Self {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+    pub fn spawn(command: Command) -> Self {
+        let mut child = start_piped(command);
         // Read both pipes as the process writes, so a chatty one never blocks.
         let stdout = drain(child.stdout.take().expect("piped stdout"));
         let stderr = drain(child.stderr.take().expect("piped stderr"));
@@ -108,12 +104,8 @@ impl Running {
     /// Starts `command` with stdout and stderr pipes nobody reads: their
     /// read ends are closed at once, so every write fails, as when the
     /// reader of its logs went away (`ordctl worker 2>&1 | head`).
-    pub fn spawn_unread(mut command: Command) -> Self {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+    pub fn spawn_unread(command: Command) -> Self {
+        let mut child = start_piped(command);
         drop(child.stdout.take());
         drop(child.stderr.take());
         let unread = || std::thread::spawn(|| "(closed unread)".to_string());
@@ -183,6 +175,15 @@ impl Drop for Running {
             let _ = child.wait();
         }
     }
+}
+
+/// Starts `command` with stdout and stderr piped to this process.
+fn start_piped(mut command: Command) -> Child {
+    command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {command:?}: {e}"))
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {

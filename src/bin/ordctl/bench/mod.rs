@@ -629,26 +629,26 @@ fn latency_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()>
     figures.push(Figure::plain("commit → SMTP 250, p50", to_250.p50, "ms").at_most(P50_TARGET_MS));
     figures.push(Figure::plain("commit → SMTP 250, p95", to_250.p95, "ms"));
     figures.push(Figure::plain("commit → SMTP 250, p99", to_250.p99, "ms").at_most(P99_TARGET_MS));
-    figures.push(Figure::plain(
-        "relay lag (published_at − created_at), p50",
-        latency.relay_lag_ms.p50,
-        "ms",
-    ));
-    figures.push(Figure::plain(
-        "relay lag (published_at − created_at), p99",
-        latency.relay_lag_ms.p99,
-        "ms",
-    ));
-    figures.push(Figure::plain(
-        "published → worker's delivery transaction, p99",
-        latency.published_to_delivery_ms.p99,
-        "ms",
-    ));
-    figures.push(Figure::plain(
-        "delivery transaction → SMTP 250, p99",
-        latency.in_delivery_ms.p99,
-        "ms",
-    ));
+    for (name, value) in [
+        (
+            "relay lag (published_at − created_at), p50",
+            latency.relay_lag_ms.p50,
+        ),
+        (
+            "relay lag (published_at − created_at), p99",
+            latency.relay_lag_ms.p99,
+        ),
+        (
+            "published → worker's delivery transaction, p99",
+            latency.published_to_delivery_ms.p99,
+        ),
+        (
+            "delivery transaction → SMTP 250, p99",
+            latency.in_delivery_ms.p99,
+        ),
+    ] {
+        figures.push(Figure::plain(name, value, "ms"));
+    }
     report.latency = Some(latency);
     Ok(())
 }
