@@ -651,6 +651,15 @@ fn a_worker_whose_log_reader_went_away_keeps_working_and_stops_when_told() {
 }
 
 #[test]
+fn a_command_whose_stderr_is_gone_still_exits_with_its_code() {
+    let env = TestEnv::new();
+    // Bad input is exit 2, whether or not anyone reads the error line.
+    let run = Running::spawn_unread(env.command(["place-order", "--user", "1", "--amount", "abc"]))
+        .wait();
+    assert_eq!(run.code, Some(2));
+}
+
+#[test]
 fn bulk_orders_are_spread_over_the_users_and_each_emailed_once() {
     let env = TestEnv::new();
     env.migrate_and_seed();

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
     // crashed the process (SIGSEGV instead of the command's exit code).
     openssl_sys::init();
     if let Err(error) = load_dotenv() {
-        eprintln!("error: {error}");
+        say(format_args!("error: {error}"));
         return ExitCode::from(2);
     }
     let cli = match Cli::try_parse() {
@@ -70,13 +70,10 @@ fn main() -> ExitCode {
         Err(error) => {
             // One line: what was wrong. `--help` has the rest.
             let rendered = error.render().to_string();
-            eprintln!(
-                "{}",
-                rendered
-                    .lines()
-                    .next()
-                    .unwrap_or("error: invalid arguments")
-            );
+            say(rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid arguments"));
             return ExitCode::from(2);
         }
     };
@@ -84,7 +81,7 @@ fn main() -> ExitCode {
     let settings = match Settings::parse(&cli.settings) {
         Ok(settings) => settings,
         Err(error) => {
-            eprintln!("error: {error}");
+            say(format_args!("error: {error}"));
             return ExitCode::from(2);
         }
     };
@@ -97,28 +94,36 @@ fn main() -> ExitCode {
         Err(error) if output::is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => match (invalid_input(&error), not_found(&error), refused(&error)) {
             (Some(invalid), _, _) => {
-                eprintln!("error: {invalid}");
+                say(format_args!("error: {invalid}"));
                 ExitCode::from(2)
             }
             (None, Some(missing), _) => {
-                eprintln!("error: {missing}");
+                say(format_args!("error: {missing}"));
                 ExitCode::from(2)
             }
             (None, None, Some(refused)) => {
-                eprintln!("error: {refused}");
+                say(format_args!("error: {refused}"));
                 ExitCode::from(3)
             }
             (None, None, None) => {
                 // One line, even when a cause (libpq's, say) spans several.
                 let chain = format!("{error:#}");
-                eprintln!(
+                say(format_args!(
                     "error: {}",
                     chain.split_whitespace().collect::<Vec<_>>().join(" ")
-                );
+                ));
                 ExitCode::from(1)
             }
         },
     }
+}
+
+/// Writes one line to stderr. A stderr nobody reads any more (`… 2>&1 |
+/// head`) must not turn the command's exit code into a panic's, as
+/// `eprintln!` would.
+fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Long-running subcommands stop gracefully on SIGINT/SIGTERM (a second
@@ -179,7 +184,7 @@ fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
     };
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
-            eprintln!("warning: ignoring RUST_LOG={spec:?}: {e}");
+            say(format_args!("warning: ignoring RUST_LOG={spec:?}: {e}"));
             EnvFilter::new(level)
         }),
         _ => EnvFilter::new(level),
