@@ -66,16 +66,21 @@ pub fn last_allocated(conn: &mut PgConnection) -> QueryResult<i64> {
 
 /// A fresh transaction id (`pg_current_xact_id()`, as text): every xid
 /// assigned before this call is smaller. Must run as its own statement
-/// after [`last_allocated`]. Costs one xid (this statement's transaction).
+/// after [`last_allocated`]. Costs one xid (this statement's transaction),
+/// whose commit does not wait for the disk: it wrote nothing, and only the
+/// id matters.
 pub fn fresh_xid(conn: &mut PgConnection) -> QueryResult<String> {
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = Text)]
         xid: String,
     }
-    diesel::sql_query("SELECT pg_current_xact_id()::text AS xid")
-        .get_result::<Row>(conn)
-        .map(|row| row.xid)
+    diesel::sql_query(
+        "SELECT pg_current_xact_id()::text AS xid, \
+             set_config('synchronous_commit', 'off', true) AS lazily",
+    )
+    .get_result::<Row>(conn)
+    .map(|row| row.xid)
 }
 
 /// Whether every transaction older than `xid` has ended (committed or
