@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use diesel::connection::SimpleConnection;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
 use diesel::{PgConnection, RunQueryDsl};
 use url::Url;
 
 use super::PgPool;
-use crate::secrets::redact;
 
 /// How often LISTENers are woken at most, per channel. A wake-up costs a
 /// statement, and every LISTENing backend reads every notification: one per
@@ -34,19 +33,11 @@ pub struct LazyDb {
 }
 
 impl LazyDb {
-    /// Up to `size` connections, each with `synchronous_commit = off`:
-    /// a commit returns once it is in the server's memory. Checked on
-    /// creation so an unreachable server fails fast with its cause.
+    /// Up to `size` connections (a [`super::pool`]), each with
+    /// `synchronous_commit = off`: a commit returns once it is in the
+    /// server's memory.
     pub fn connect(url: &Url, size: u32) -> anyhow::Result<Self> {
-        let pool = Pool::builder()
-            // No `SELECT 1` per checkout, as in `db::pool`.
-            .test_on_check_out(false)
-            .max_size(size)
-            .min_idle(Some(1))
-            .connection_timeout(Duration::from_secs(10))
-            .connection_customizer(Box::new(LazyCommits))
-            .build(ConnectionManager::new(url.as_str()))
-            .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))?;
+        let pool = super::pool_with(url, size, Box::new(LazyCommits))?;
         Ok(Self {
             flusher: Arc::new(Flusher::default()),
             waker: Arc::new(Waker::start(pool.clone())),

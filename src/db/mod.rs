@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, Pool};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, NopConnectionCustomizer, Pool};
 use diesel::sql_types::{BigInt, Text};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use url::Url;
@@ -44,6 +44,16 @@ pub fn connect(url: &Url) -> anyhow::Result<PgConnection> {
 /// A pool of up to `size` connections, checked on creation so an
 /// unreachable server fails fast with its cause.
 pub fn pool(url: &Url, size: u32) -> anyhow::Result<PgPool> {
+    pool_with(url, size, Box::new(NopConnectionCustomizer))
+}
+
+/// [`pool`] with `customizer` run on each new connection (e.g. a session
+/// setting).
+pub(crate) fn pool_with(
+    url: &Url,
+    size: u32,
+    customizer: Box<dyn CustomizeConnection<PgConnection, diesel::r2d2::Error>>,
+) -> anyhow::Result<PgPool> {
     // No `SELECT 1` per checkout (a round trip per message): a connection
     // broken by a server restart fails its next query, which is retried,
     // and r2d2 drops it as broken.
@@ -52,6 +62,7 @@ pub fn pool(url: &Url, size: u32) -> anyhow::Result<PgPool> {
         .max_size(size)
         .min_idle(Some(1))
         .connection_timeout(Duration::from_secs(10))
+        .connection_customizer(customizer)
         .build(ConnectionManager::new(url.as_str()))
         .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))
 }
