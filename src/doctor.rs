@@ -13,7 +13,7 @@ use crate::config::{Settings, SmtpTls};
 use crate::db;
 use crate::mail;
 use crate::messaging::management::ManagementApi;
-use crate::messaging::topology::Topology;
+use crate::messaging::topology::{is_other_queue_mode, Topology};
 use crate::messaging::{self, Brokers, Link};
 use crate::secrets::redact;
 
@@ -236,17 +236,20 @@ fn unreachable_nodes(brokers: &Brokers) -> Vec<Check> {
 /// Every existing work queue and DLQ of the namespace must be of the
 /// configured type: declaring it with the configured arguments is refused
 /// (406) when it is not. Queues that do not exist yet are left alone.
+/// Classic queues declared before they were lazy still work: a warning.
 fn queue_types(link: &mut Link, topology: &Topology) -> Check {
     const NAME: &str = "queues";
-    let wanted = topology.queue_type;
+    let kind = topology.queue_type.as_str();
     let mut existing = 0;
     let mut wrong = Vec::new();
+    let mut not_lazy = Vec::new();
     for consumer in &topology.consumers {
         for queue in [topology.queue(consumer.name), topology.dlq(consumer.name)] {
-            match queue_matches(link, topology, &queue) {
-                Ok(None) => {}
-                Ok(Some(true)) => existing += 1,
-                Ok(Some(false)) => wrong.push(queue),
+            match declared_as(link, topology, &queue) {
+                Ok(Declared::Missing) => {}
+                Ok(Declared::Configured) => existing += 1,
+                Ok(Declared::NotLazy) => not_lazy.push(queue),
+                Ok(Declared::Other) => wrong.push(queue),
                 Err(error) => {
                     return Check::fail(
                         NAME,
@@ -257,12 +260,21 @@ fn queue_types(link: &mut Link, topology: &Topology) -> Check {
             }
         }
     }
-    let kind = format!("{wanted:?}").to_lowercase();
     if !wrong.is_empty() {
         return Check::fail(
             NAME,
             format!("{} not of --queue-type {kind}", wrong.join(", ")),
             format!("use the --queue-type (ORDCTL_QUEUE_TYPE) they were declared with, or recreate them: `ordctl purge --yes` (deletes their messages), then start the worker with --queue-type {kind}"),
+        );
+    }
+    if !not_lazy.is_empty() {
+        return Check::warn(
+            NAME,
+            format!(
+                "{} declared before classic queues were lazy: they work, but a backlog slows every publisher's confirms as it grows",
+                not_lazy.join(", ")
+            ),
+            "recreate them when they are empty: `ordctl purge --yes`, then start the worker",
         );
     }
     if existing == 0 {
@@ -284,34 +296,61 @@ fn queue_types(link: &mut Link, topology: &Topology) -> Check {
     }
 }
 
-/// `None` if the queue does not exist, else whether its type matches.
-fn queue_matches(
-    link: &mut Link,
-    topology: &Topology,
-    queue: &str,
-) -> anyhow::Result<Option<bool>> {
+/// How an existing queue was declared, against the configured arguments.
+enum Declared {
+    Missing,
+    Configured,
+    /// Classic, declared before classic queues were lazy.
+    NotLazy,
+    /// Of another `--queue-type` (or arguments).
+    Other,
+}
+
+/// Declares the queue passively, then with the configured arguments, lazy
+/// and, if that is refused for the queue mode alone, not: each refusal
+/// (406) closes its channel.
+fn declared_as(link: &mut Link, topology: &Topology, queue: &str) -> anyhow::Result<Declared> {
     let channel = link.open_channel()?;
     if let Err(error) = channel.queue_declare_passive(queue) {
         return match server_code(&error) {
-            Some(404) => Ok(None),
+            Some(404) => Ok(Declared::Missing),
             _ => Err(error.into()),
         };
     }
     let _ = channel.close();
-    let channel = link.open_channel()?;
-    match topology.declare_work_queue(&channel, queue) {
-        Ok(()) => {
-            let _ = channel.close();
-            Ok(Some(true))
+    match declare_again(link, topology, queue, true) {
+        Ok(()) => Ok(Declared::Configured),
+        Err(error) if is_other_queue_mode(&error) => {
+            match declare_again(link, topology, queue, false) {
+                Ok(()) => Ok(Declared::NotLazy),
+                Err(error) => other_or_error(error),
+            }
         }
-        Err(error) => match error
-            .chain()
-            .find_map(|c| c.downcast_ref::<amiquip::Error>())
-            .and_then(server_code)
-        {
-            Some(406) => Ok(Some(false)),
-            _ => Err(error),
-        },
+        Err(error) => other_or_error(error),
+    }
+}
+
+fn declare_again(
+    link: &mut Link,
+    topology: &Topology,
+    queue: &str,
+    lazy: bool,
+) -> anyhow::Result<()> {
+    let channel = link.open_channel()?;
+    topology.declare_work_queue(&channel, queue, lazy)?;
+    let _ = channel.close();
+    Ok(())
+}
+
+/// A refusal (406) means declared otherwise; anything else is an error.
+fn other_or_error(error: anyhow::Error) -> anyhow::Result<Declared> {
+    match error
+        .chain()
+        .find_map(|c| c.downcast_ref::<amiquip::Error>())
+        .and_then(server_code)
+    {
+        Some(406) => Ok(Declared::Other),
+        _ => Err(error),
     }
 }
 

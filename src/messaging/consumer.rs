@@ -188,8 +188,7 @@ fn session(
     activity: &Activity,
 ) -> anyhow::Result<()> {
     let mut connection = connect(brokers)?;
-    let setup = connection.open_channel(None)?;
-    topology.declare_consumer(&setup, handler.spec().name)?;
+    let setup = topology.declare_consumer(&mut connection, handler.spec().name)?;
     setup.close()?;
     let channels = (0..options.concurrency.max(1))
         .map(|_| connection.open_channel(None))

@@ -17,8 +17,7 @@ pub struct Publisher {
 impl Publisher {
     pub fn connect(brokers: &Brokers, topology: &Topology) -> anyhow::Result<Self> {
         let mut link = brokers.open()?;
-        let channel = link.open_channel()?;
-        topology.declare(&channel)?;
+        let channel = topology.declare(&mut link)?;
         let confirms = Confirms::enable(&channel)?;
         Ok(Self {
             events_exchange: topology.events_exchange(),

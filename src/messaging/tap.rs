@@ -212,7 +212,7 @@ pub fn tap(
     mut sink: impl FnMut(&Tapped) -> anyhow::Result<()>,
 ) -> anyhow::Result<Stop> {
     let mut connection = connect(brokers)?;
-    let channel = connection.open_channel(None)?;
+    let channel = topology.declare(&mut connection)?;
     let result = tap_on(&channel, topology, options, shutdown, &mut sink);
     let _ = channel.close();
     let _ = connection.close();
@@ -226,7 +226,6 @@ fn tap_on(
     shutdown: &Shutdown,
     sink: &mut dyn FnMut(&Tapped) -> anyhow::Result<()>,
 ) -> anyhow::Result<Stop> {
-    topology.declare(channel)?;
     let mut arguments = FieldTable::new();
     arguments.insert(
         "x-max-length".into(),

@@ -11,11 +11,30 @@
 use std::time::Duration;
 
 use amiquip::{
-    AmqpValue, Channel, ExchangeDeclareOptions, ExchangeType, FieldTable, QueueDeclareOptions,
+    AmqpValue, Channel, Connection, ExchangeDeclareOptions, ExchangeType, FieldTable,
+    QueueDeclareOptions,
 };
 use anyhow::Context;
 
+use super::Link;
 use crate::domain::Namespace;
+
+/// What declaring opens its channel on: a connection, or a [`Link`].
+pub trait Channels {
+    fn open(&mut self) -> anyhow::Result<Channel>;
+}
+
+impl Channels for Connection {
+    fn open(&mut self) -> anyhow::Result<Channel> {
+        Ok(self.open_channel(None)?)
+    }
+}
+
+impl Channels for Link {
+    fn open(&mut self) -> anyhow::Result<Channel> {
+        self.open_channel()
+    }
+}
 
 /// What a consumer subscribes to: adding one is a `ConsumerSpec` plus a
 /// handler, nothing else.
@@ -118,20 +137,56 @@ impl Topology {
         names
     }
 
-    /// Declares everything; safe to call any number of times.
-    pub fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
-        self.declare_for(channel, None)
+    /// Declares everything on a new channel, which it returns for the
+    /// caller's use; safe to call any number of times.
+    pub fn declare(&self, channels: &mut dyn Channels) -> anyhow::Result<Channel> {
+        self.declare_for(channels, None)
     }
 
     /// Declares the exchanges and the queues of the consumer called
     /// `consumer`: what consuming needs. (Publishers declare everything, so
     /// an event is never routed before every consumer's queue exists.)
-    pub fn declare_consumer(&self, channel: &Channel, consumer: &str) -> anyhow::Result<()> {
-        self.declare_for(channel, Some(consumer))
+    pub fn declare_consumer(
+        &self,
+        channels: &mut dyn Channels,
+        consumer: &str,
+    ) -> anyhow::Result<Channel> {
+        self.declare_for(channels, Some(consumer))
     }
 
     /// The exchanges, and the queues of `only` that consumer or of all.
-    fn declare_for(&self, channel: &Channel, only: Option<&str>) -> anyhow::Result<()> {
+    ///
+    /// Classic queues are declared lazy (see [`Topology::typed`]). A
+    /// namespace whose queues were declared before that keeps them as they
+    /// are: its first work queue, declared first, is refused (406, which
+    /// closes the channel) for its queue mode, and then every queue is
+    /// declared as before on a new channel. `ordctl doctor` says how to
+    /// convert them.
+    fn declare_for(
+        &self,
+        channels: &mut dyn Channels,
+        only: Option<&str>,
+    ) -> anyhow::Result<Channel> {
+        let consumers: Vec<&ConsumerSpec> = self
+            .consumers
+            .iter()
+            .filter(|consumer| only.is_none_or(|name| name == consumer.name))
+            .collect();
+        let mut channel = channels.open()?;
+        let mut lazy = self.queue_type == QueueType::Classic;
+        if let (true, Some(first)) = (lazy, consumers.first()) {
+            let queue = self.queue(first.name);
+            if let Err(error) =
+                self.declare_queue(&channel, &queue, self.typed(FieldTable::new(), true))
+            {
+                if !is_other_queue_mode(&error) {
+                    return Err(error);
+                }
+                tracing::debug!(%queue, "queues declared before lazy mode: declaring them as they are");
+                lazy = false;
+                channel = channels.open()?;
+            }
+        }
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -145,13 +200,9 @@ impl Topology {
                 .exchange_declare(kind, name.as_str(), durable.clone())
                 .with_context(|| format!("declaring exchange {name}"))?;
         }
-        let consumers = self
-            .consumers
-            .iter()
-            .filter(|consumer| only.is_none_or(|name| name == consumer.name));
         for consumer in consumers {
             let queue = self.queue(consumer.name);
-            self.declare_queue(channel, &queue, self.typed(FieldTable::new()))?;
+            self.declare_queue(&channel, &queue, self.typed(FieldTable::new(), lazy))?;
             for key in consumer.routing_keys {
                 channel.queue_bind(
                     queue.as_str(),
@@ -175,7 +226,7 @@ impl Topology {
                     "x-dead-letter-routing-key".into(),
                     AmqpValue::LongString(queue.clone()),
                 );
-                self.declare_queue(channel, &retry, self.typed_retry(arguments))?;
+                self.declare_queue(&channel, &retry, self.typed_retry(arguments, lazy))?;
                 channel.queue_bind(
                     retry.as_str(),
                     self.retry_exchange(),
@@ -184,7 +235,7 @@ impl Topology {
                 )?;
             }
             let dlq = self.dlq(consumer.name);
-            self.declare_queue(channel, &dlq, self.typed(FieldTable::new()))?;
+            self.declare_queue(&channel, &dlq, self.typed(FieldTable::new(), lazy))?;
             channel.queue_bind(
                 dlq.as_str(),
                 self.dead_exchange(),
@@ -192,21 +243,39 @@ impl Topology {
                 FieldTable::new(),
             )?;
         }
-        Ok(())
+        Ok(channel)
     }
 
-    /// Declares a work queue or DLQ as [`Topology::declare`] does: refused
-    /// (406) when it exists with another `--queue-type`.
-    pub fn declare_work_queue(&self, channel: &Channel, name: &str) -> anyhow::Result<()> {
-        self.declare_queue(channel, name, self.typed(FieldTable::new()))
+    /// Declares a work queue or DLQ as [`Topology::declare`] does, lazy or
+    /// not: refused (406) when it exists with another `--queue-type` or
+    /// queue mode.
+    pub fn declare_work_queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        lazy: bool,
+    ) -> anyhow::Result<()> {
+        self.declare_queue(channel, name, self.typed(FieldTable::new(), lazy))
     }
 
-    fn typed(&self, mut arguments: FieldTable) -> FieldTable {
-        if self.queue_type == QueueType::Quorum {
-            arguments.insert(
-                "x-queue-type".into(),
-                AmqpValue::LongString("quorum".into()),
-            );
+    /// The arguments of `--queue-type`. A classic queue is lazy when
+    /// `lazy`: it keeps its messages on disk, not in memory, so a backlog
+    /// (no worker running, or a slower one) does not slow the broker's
+    /// confirms to every publisher as it grows (measured in BENCHMARKS.md,
+    /// "HTTP at 1,000/s for 60 s"). RabbitMQ 3.12 and later make every
+    /// classic queue behave so and ignore the argument.
+    fn typed(&self, mut arguments: FieldTable, lazy: bool) -> FieldTable {
+        match self.queue_type {
+            QueueType::Quorum => {
+                arguments.insert(
+                    "x-queue-type".into(),
+                    AmqpValue::LongString("quorum".into()),
+                );
+            }
+            QueueType::Classic if lazy => {
+                arguments.insert("x-queue-mode".into(), AmqpValue::LongString("lazy".into()));
+            }
+            QueueType::Classic => {}
         }
         arguments
     }
@@ -217,7 +286,7 @@ impl Topology {
     /// of the namespace. A quorum retry queue dead-letters at least once
     /// (RabbitMQ 3.10+), so an expired message is never dropped on its way
     /// back to the work queue.
-    fn typed_retry(&self, mut arguments: FieldTable) -> FieldTable {
+    fn typed_retry(&self, mut arguments: FieldTable, lazy: bool) -> FieldTable {
         if self.queue_type == QueueType::Quorum {
             arguments.insert(
                 "x-dead-letter-strategy".into(),
@@ -228,7 +297,7 @@ impl Topology {
                 AmqpValue::LongString("reject-publish".into()),
             );
         }
-        self.typed(arguments)
+        self.typed(arguments, lazy)
     }
 
     fn declare_queue(
@@ -246,4 +315,18 @@ impl Topology {
             format!("declaring queue {name} (an existing queue with other arguments, e.g. another --queue-type, must be deleted first)")
         })
     }
+}
+
+/// Whether declaring a queue was refused for its queue mode alone: it
+/// exists, declared before classic queues were lazy.
+pub fn is_other_queue_mode(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<amiquip::Error>())
+        .is_some_and(|error| match error {
+            amiquip::Error::ServerClosedChannel { code, message, .. } => {
+                *code == 406 && message.contains("x-queue-mode")
+            }
+            _ => false,
+        })
 }

@@ -134,8 +134,7 @@ pub fn reconcile(
 /// Consumers with messages ready in their work or retry queues.
 fn busy_consumers(amqp_url: &Brokers, topology: &Topology) -> anyhow::Result<Vec<Busy>> {
     let mut connection = messaging::connect(amqp_url)?;
-    let channel = connection.open_channel(None)?;
-    topology.declare(&channel)?;
+    let channel = topology.declare(&mut connection)?;
     let mut busy = Vec::new();
     for consumer in &topology.consumers {
         let mut queued = messaging::queue_counts(&channel, &topology.queue(consumer.name))?.0;

@@ -108,7 +108,7 @@ pub fn replay(
         }
     }
     let mut link = amqp_url.open()?;
-    let channel = link.open_channel()?;
+    let channel = topology.declare(&mut link)?;
     let result = replay_on(conn, &mut link, &channel, topology, options, progress);
     // Whatever happened: a close that never hangs (the broker may block
     // us), and anything still unacked goes back to the DLQ.
@@ -124,7 +124,6 @@ fn replay_on(
     options: &ReplayOptions,
     progress: &dyn Fn(u64, u64),
 ) -> anyhow::Result<ReplayReport> {
-    topology.declare(channel)?;
     let mut run = Run {
         id: Uuid::new_v4().to_string(),
         confirms: Confirms::enable(channel)?,

@@ -190,8 +190,7 @@ fn broker_blocked(brokers: &Brokers) -> anyhow::Result<Option<String>> {
 /// after declaring the topology (so a fresh namespace shows zeros).
 fn broker_queues(brokers: &Brokers, topology: &Topology) -> anyhow::Result<Vec<QueueStatus>> {
     let mut connection = messaging::connect(brokers)?;
-    let channel = connection.open_channel(None)?;
-    topology.declare(&channel)?;
+    let channel = topology.declare(&mut connection)?;
     let mut names = Vec::new();
     for consumer in &topology.consumers {
         names.push((topology.queue(consumer.name), QueueKind::Work));

@@ -143,8 +143,7 @@ fn purge_removes_a_namespaces_queues_exchanges_redis_keys_and_database_together(
 fn dead_letter_junk(env: &TestEnv, count: usize) {
     use ordctl::messaging::{Confirms, Outgoing};
     let mut connection = ordctl::messaging::connect(&env.settings.amqp_url).unwrap();
-    let channel = connection.open_channel(None).unwrap();
-    env.topology().declare(&channel).unwrap();
+    let channel = env.topology().declare(&mut connection).unwrap();
     let mut confirms = Confirms::enable(&channel).unwrap();
     let junk: Vec<Outgoing> = (0..count)
         .map(|n| {
@@ -404,6 +403,59 @@ fn doctor_and_the_worker_refuse_queues_of_another_queue_type() {
     assert_eq!(worker.stderr_lines().len(), 1, "{}", worker.stderr);
     // The classic queues are untouched and still work.
     env.ordctl(["doctor"]).assert_code(0);
+}
+
+/// Declares `queue` as a plain classic queue, as ordctl did before classic
+/// queues were lazy; `Err` (a 406) when it exists otherwise.
+fn declare_plain(env: &TestEnv, queue: &str) -> Result<(), amiquip::Error> {
+    let mut connection = ordctl::messaging::connect(&env.settings.amqp_url).unwrap();
+    let channel = connection.open_channel(None).unwrap();
+    let options = amiquip::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let declared = channel.queue_declare(queue, options).map(drop);
+    let _ = connection.close();
+    declared
+}
+
+#[test]
+fn classic_queues_are_lazy_and_those_declared_before_keep_working() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    // The namespace's first work queue, as an earlier ordctl declared it.
+    let topology = env.topology();
+    let first = topology.queue(topology.consumers[0].name);
+    declare_plain(&env, &first).unwrap();
+
+    env.place_order(1, "5", &[]);
+    env.run_worker(&[]);
+    assert_eq!(env.emails().len(), 1);
+    let doctor = env.ordctl(["doctor"]).assert_code(0);
+    let warning = doctor
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("! queues: "))
+        .unwrap_or_else(|| panic!("{}", doctor.stdout));
+    assert!(warning.contains(&first), "{warning}");
+    assert!(warning.contains("ordctl purge --yes"), "{warning}");
+
+    // Recreated, they are lazy: declaring one plain is refused.
+    env.ordctl(["purge", "--yes"]).assert_code(0);
+    env.place_order(1, "6", &[]);
+    env.run_worker(&[]);
+    assert_eq!(env.emails().len(), 2);
+    let refused = declare_plain(&env, &env.work_queue()).unwrap_err();
+    assert!(refused.to_string().contains("x-queue-mode"), "{refused}");
+    let doctor = env.ordctl(["doctor"]).assert_code(0);
+    assert!(
+        doctor
+            .stdout
+            .lines()
+            .any(|line| line.starts_with("✓ queues: ")),
+        "{}",
+        doctor.stdout
+    );
 }
 
 /// Makes everything in the env's history look `days` old.

@@ -70,8 +70,7 @@ pub fn dead_letter(
         })
         .collect();
     let mut connection = messaging::connect(amqp_url)?;
-    let channel = connection.open_channel(None)?;
-    topology.declare(&channel)?;
+    let channel = topology.declare(&mut connection)?;
     for queue in topology.queue_names() {
         channel
             .queue_purge(queue.as_str())
