@@ -96,12 +96,20 @@ pub fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize
     .execute(conn)
 }
 
-/// [`mark_published`] without waiting for the commit to reach the disk, in
-/// the caller's transaction: losing this mark in a PostgreSQL crash only
-/// republishes the events, which consumers ignore.
-pub fn mark_published_lazily(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
-    super::commit_lazily(conn)?;
-    mark_published(conn, ids)
+/// Starts a publishing round in the caller's transaction, in one round
+/// trip: its commit does not wait for the disk (losing its marks in a
+/// PostgreSQL crash only republishes the events, which consumers ignore),
+/// and its statements are planned for their values
+/// ([`super::PLAN_EACH_TIME`]): the outbox grows from empty on a new
+/// database, and a round's `id = ANY($1)` would keep scanning all of it.
+pub fn begin_round(conn: &mut PgConnection) -> QueryResult<()> {
+    prepared(
+        "SELECT set_config('synchronous_commit', 'off', true), \
+         set_config('plan_cache_mode', 'force_custom_plan', true)",
+        (),
+    )
+    .execute(conn)
+    .map(drop)
 }
 
 /// Subscribes the connection to [`CHANNEL`], so that committed rows wake it.
