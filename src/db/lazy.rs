@@ -34,9 +34,8 @@ pub struct LazyDb {
 
 impl LazyDb {
     /// Up to `size` connections (a [`super::pool`]), each with
-    /// `synchronous_commit = off` (a commit returns once it is in the
-    /// server's memory) and its batches planned for their values
-    /// ([`super::PLAN_EACH_TIME`]).
+    /// `synchronous_commit = off`: a commit returns once it is in the
+    /// server's memory.
     pub fn connect(url: &Url, size: u32) -> anyhow::Result<Self> {
         let pool = super::pool_with(url, size, Box::new(LazyCommits))?;
         Ok(Self {
@@ -69,11 +68,8 @@ struct LazyCommits;
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for LazyCommits {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute(&format!(
-            "SET synchronous_commit = off; {}",
-            super::PLAN_EACH_TIME
-        ))
-        .map_err(diesel::r2d2::Error::QueryError)
+        conn.batch_execute("SET synchronous_commit = off")
+            .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 

@@ -170,19 +170,6 @@ fn apply_pending(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
     Ok(applied)
 }
 
-/// Why the statements of batches are planned for their values each time
-/// (`plan_cache_mode = force_custom_plan`), not once per connection: a
-/// prepared statement's generic plan is made from the table's size at that
-/// moment, and one made while a table was small (a new database, a
-/// worker started on it) reads all of it — `id = ANY($1)` costs least so
-/// on a few pages — and is kept as the table grows, until autovacuum's
-/// next ANALYZE. Draining 20,000 orders into a new database, the worker's
-/// batches scanned `notifications`, `payments` and `orders` whole: 669
-/// emails/s, against 909–978 planned each time (BENCHMARKS.md). Planning
-/// is paid per batch, not per message; the per-order statements of
-/// placing keep their generic plans, which look rows up by key.
-pub const PLAN_EACH_TIME: &str = "SET plan_cache_mode = force_custom_plan";
-
 /// Lets the current transaction commit without waiting for the disk
 /// (`synchronous_commit = off` for this transaction alone), for writes whose
 /// loss in a crash is harmless or made good before anyone relies on them.

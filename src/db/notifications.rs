@@ -8,7 +8,7 @@ use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz, Uui
 use uuid::Uuid;
 
 use super::models::{NewNotification, Notification};
-use super::prepared::{bind, prepared};
+use super::prepared::{bind, planned_each_time, prepared};
 use super::schema::notifications;
 use crate::domain::{AttemptOutcome, DeliveryStatus, OrderId};
 
@@ -70,7 +70,7 @@ pub fn mark_sent(conn: &mut PgConnection, consumer: &str, sent: &[Sent]) -> Quer
     if sent.is_empty() {
         return Ok(0);
     }
-    prepared(
+    planned_each_time(prepared(
         "WITH done AS ( \
              SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[]) \
                  AS d(event_id, attempt, reply, at)), \
@@ -90,7 +90,7 @@ pub fn mark_sent(conn: &mut PgConnection, consumer: &str, sent: &[Sent]) -> Quer
             bind::<Text, _>(consumer),
             bind::<Text, _>(AttemptOutcome::Sent),
         ),
-    )
+    ))
     .execute(conn)
 }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 
 use super::models::{NewOrderRow, Order};
-use super::prepared::{bind, prepared};
+use super::prepared::{bind, planned_each_time, prepared};
 use super::schema::orders;
 use crate::domain::{Event, OrderId, OrderStatus, UserId};
 
@@ -106,12 +106,14 @@ pub fn lock(conn: &mut PgConnection, id: OrderId) -> QueryResult<Option<Order>> 
 /// [`lock`] for several orders, in id order (so lockers never deadlock);
 /// the ones that exist.
 pub fn lock_many(conn: &mut PgConnection, ids: &[OrderId]) -> QueryResult<Vec<Order>> {
-    orders::table
-        .filter(orders::id.eq_any(ids))
-        .order(orders::id)
-        .for_no_key_update()
-        .select(Order::as_select())
-        .load(conn)
+    planned_each_time(
+        orders::table
+            .filter(orders::id.eq_any(ids))
+            .order(orders::id)
+            .for_no_key_update()
+            .select(Order::as_select()),
+    )
+    .load(conn)
 }
 
 /// Sets the status of several orders in one statement.
@@ -120,10 +122,10 @@ pub fn set_status_many(
     ids: &[OrderId],
     status: OrderStatus,
 ) -> QueryResult<usize> {
-    prepared(
+    planned_each_time(prepared(
         "UPDATE orders SET status = $1, updated_at = CURRENT_TIMESTAMP WHERE id = ANY($2)",
         (bind::<Text, _>(status), bind::<Array<BigInt>, _>(ids)),
-    )
+    ))
     .execute(conn)
 }
 

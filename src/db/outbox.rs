@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Jsonb, Text, Uuid as SqlUuid};
 
 use super::models::{NewOutboxRow, OutboxRow};
-use super::prepared::{bind, prepared};
+use super::prepared::{bind, planned_each_time, prepared};
 use super::schema::outbox;
 use crate::domain::{Event, OrderId};
 
@@ -78,38 +78,32 @@ pub fn claim_unpublished(conn: &mut PgConnection, limit: i64) -> QueryResult<Vec
 /// relay that holds any of them to finish, so the caller sees whether that
 /// relay published it.
 pub fn lock(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<OutboxRow>> {
-    outbox::table
-        .filter(outbox::id.eq_any(ids))
-        .order(outbox::id)
-        .for_update()
-        .select(OutboxRow::as_select())
-        .load(conn)
+    planned_each_time(
+        outbox::table
+            .filter(outbox::id.eq_any(ids))
+            .order(outbox::id)
+            .for_update()
+            .select(OutboxRow::as_select()),
+    )
+    .load(conn)
 }
 
 pub fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
     // The moment of the broker's confirm, not the transaction's start.
-    prepared(
+    planned_each_time(prepared(
         "UPDATE outbox SET published_at = clock_timestamp(), last_error = NULL \
          WHERE id = ANY($1)",
         (bind::<Array<BigInt>, _>(ids),),
-    )
+    ))
     .execute(conn)
 }
 
-/// Starts a publishing round in the caller's transaction, in one round
-/// trip: its commit does not wait for the disk (losing its marks in a
-/// PostgreSQL crash only republishes the events, which consumers ignore),
-/// and its statements are planned for their values
-/// ([`super::PLAN_EACH_TIME`]): the outbox grows from empty on a new
-/// database, and a round's `id = ANY($1)` would keep scanning all of it.
-pub fn begin_round(conn: &mut PgConnection) -> QueryResult<()> {
-    prepared(
-        "SELECT set_config('synchronous_commit', 'off', true), \
-         set_config('plan_cache_mode', 'force_custom_plan', true)",
-        (),
-    )
-    .execute(conn)
-    .map(drop)
+/// [`mark_published`] without waiting for the commit to reach the disk, in
+/// the caller's transaction: losing this mark in a PostgreSQL crash only
+/// republishes the events, which consumers ignore.
+pub fn mark_published_lazily(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
+    super::commit_lazily(conn)?;
+    mark_published(conn, ids)
 }
 
 /// Subscribes the connection to [`CHANNEL`], so that committed rows wake it.
@@ -118,12 +112,13 @@ pub fn listen(conn: &mut PgConnection) -> QueryResult<usize> {
 }
 
 pub fn record_failure(conn: &mut PgConnection, ids: &[i64], error: &str) -> QueryResult<usize> {
-    diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
-        .set((
+    planned_each_time(
+        diesel::update(outbox::table.filter(outbox::id.eq_any(ids))).set((
             outbox::attempts.eq(outbox::attempts + 1),
             outbox::last_error.eq(error),
-        ))
-        .execute(conn)
+        )),
+    )
+    .execute(conn)
 }
 
 /// How many rows wait to be published, and since when the oldest one.

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Nullable, Text, Uuid as SqlUuid};
 
 use super::models::{NewPayment, Payment};
-use super::prepared::{bind, prepared};
+use super::prepared::{bind, planned_each_time, prepared};
 use super::schema::payments;
 use crate::domain::OrderId;
 
@@ -19,10 +19,12 @@ pub fn for_order(conn: &mut PgConnection, order_id: OrderId) -> QueryResult<Opti
 
 /// The payments of these orders.
 pub fn for_orders(conn: &mut PgConnection, order_ids: &[OrderId]) -> QueryResult<Vec<Payment>> {
-    payments::table
-        .filter(payments::order_id.eq_any(order_ids))
-        .select(Payment::as_select())
-        .load(conn)
+    planned_each_time(
+        payments::table
+            .filter(payments::order_id.eq_any(order_ids))
+            .select(Payment::as_select()),
+    )
+    .load(conn)
 }
 
 /// Records several orders' payments in one statement; like [`insert`], a

@@ -45,7 +45,7 @@ fn publish_rows(
         .collect();
     publisher.publish_events(&messages)?;
     let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
-    outbox::mark_published(conn, &ids)?;
+    outbox::mark_published_lazily(conn, &ids)?;
     Ok(())
 }
 
@@ -58,7 +58,6 @@ pub fn publish_committed(
     outbox_ids: &[i64],
 ) -> anyhow::Result<()> {
     conn.transaction(|conn| {
-        outbox::begin_round(conn)?;
         let rows = outbox::lock(conn, outbox_ids)?;
         let unpublished: Vec<OutboxRow> = rows
             .into_iter()
@@ -75,7 +74,6 @@ pub fn publish_committed(
 pub fn publish_batch(conn: &mut PgConnection, publisher: &mut Publisher) -> anyhow::Result<usize> {
     let mut claimed = Vec::new();
     let result = conn.transaction(|conn| {
-        outbox::begin_round(conn)?;
         claimed = outbox::claim_unpublished(conn, BATCH_SIZE)?;
         if !claimed.is_empty() {
             publish_rows(conn, publisher, &claimed)?;
