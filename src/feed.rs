@@ -137,25 +137,41 @@ impl Feed {
             let Some(settled) = settle(&mut conn, shutdown)? else {
                 break;
             };
-            let mut cursor = self.horizon();
+            let cursor = self.horizon();
             if settled > cursor {
                 self.horizon.store(settled, Ordering::SeqCst);
-                loop {
-                    let rows = feed::between(&mut conn, cursor, settled, PAGE)?;
-                    let full = rows.len() as i64 == PAGE;
-                    for row in rows {
-                        cursor = row.id;
-                        // No receivers is fine: nobody is watching.
-                        let _ = self.sender.send(Arc::new(FeedEvent::from(row)));
-                    }
-                    if !full {
-                        break;
-                    }
+                // With no client subscribed, nobody reads the broadcast: a
+                // client that subscribes after this check reads the
+                // horizon stored above, and catches up from PostgreSQL to
+                // it.
+                if self.sender.receiver_count() > 0 {
+                    self.broadcast(&mut conn, cursor, settled)?;
                 }
             }
             db::wait_for_notification(&mut conn, SWEEP_INTERVAL, POLL_INTERVAL, shutdown)?;
         }
         Ok(())
+    }
+
+    /// Broadcasts the events after `cursor`, up to `settled`.
+    fn broadcast(
+        &self,
+        conn: &mut PgConnection,
+        mut cursor: i64,
+        settled: i64,
+    ) -> anyhow::Result<()> {
+        loop {
+            let rows = feed::between(conn, cursor, settled, PAGE)?;
+            let full = rows.len() as i64 == PAGE;
+            for row in rows {
+                cursor = row.id;
+                // No receivers is fine: nobody is watching.
+                let _ = self.sender.send(Arc::new(FeedEvent::from(row)));
+            }
+            if !full {
+                return Ok(());
+            }
+        }
     }
 }
 
