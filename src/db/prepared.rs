@@ -183,9 +183,9 @@ impl<Q, Conn> RunQueryDsl<Conn> for PlannedEachTime<Q> {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use diesel::sql_types::{BigInt, Text};
+    use diesel::sql_types::{Array, BigInt, Text};
 
-    fn sql<B: Binds>(statement: &Prepared<B>) -> QueryResult<String> {
+    fn sql(statement: &impl QueryFragment<Pg>) -> QueryResult<String> {
         let mut builder = diesel::pg::PgQueryBuilder::default();
         statement.to_sql(&mut builder, &Pg)?;
         Ok(diesel::query_builder::QueryBuilder::finish(builder))
@@ -200,6 +200,25 @@ mod tests {
         assert_eq!(
             sql(&statement).unwrap(),
             "UPDATE t SET a = $1 WHERE b = ANY($2)"
+        );
+    }
+
+    #[test]
+    fn statements_planned_each_time_are_not_cached() {
+        let ids = vec![1i64, 2];
+        let plain = prepared(
+            "UPDATE t SET a = 1 WHERE b = ANY($1)",
+            (bind::<Array<BigInt>, _>(&ids),),
+        );
+        assert!(plain.is_safe_to_cache_prepared(&Pg).unwrap());
+        let each_time = planned_each_time(prepared(
+            "UPDATE t SET a = 1 WHERE b = ANY($1)",
+            (bind::<Array<BigInt>, _>(&ids),),
+        ));
+        assert!(!each_time.is_safe_to_cache_prepared(&Pg).unwrap());
+        assert_eq!(
+            sql(&each_time).unwrap(),
+            "UPDATE t SET a = 1 WHERE b = ANY($1)"
         );
     }
 
