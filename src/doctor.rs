@@ -13,7 +13,7 @@ use crate::config::{Settings, SmtpTls};
 use crate::db;
 use crate::mail;
 use crate::messaging::management::ManagementApi;
-use crate::messaging::topology::{is_other_queue_mode, Topology};
+use crate::messaging::topology::{QueueType, Topology};
 use crate::messaging::{self, Brokers, Link};
 use crate::secrets::redact;
 
@@ -306,58 +306,31 @@ enum Declared {
     Other,
 }
 
-/// Declares the queue passively, then with the configured arguments, lazy
-/// and, if that is refused for the queue mode alone, not: each refusal
-/// (406) closes its channel.
+/// Declares the queue passively, then as the worker would
+/// ([`Topology::declare_work_queue`]).
 fn declared_as(link: &mut Link, topology: &Topology, queue: &str) -> anyhow::Result<Declared> {
     let channel = link.open_channel()?;
     if let Err(error) = channel.queue_declare_passive(queue) {
-        return match server_code(&error) {
-            Some(404) => Ok(Declared::Missing),
-            _ => Err(error.into()),
+        let error = anyhow::Error::from(error);
+        return match messaging::closed_by_server(&error) {
+            Some((404, _)) => Ok(Declared::Missing),
+            _ => Err(error),
         };
     }
     let _ = channel.close();
-    match declare_again(link, topology, queue, true) {
-        Ok(()) => Ok(Declared::Configured),
-        Err(error) if is_other_queue_mode(&error) => {
-            match declare_again(link, topology, queue, false) {
-                Ok(()) => Ok(Declared::NotLazy),
-                Err(error) => other_or_error(error),
+    match topology.declare_work_queue(link, queue) {
+        Ok((channel, lazy)) => {
+            let _ = channel.close();
+            match (topology.queue_type, lazy) {
+                (QueueType::Classic, false) => Ok(Declared::NotLazy),
+                _ => Ok(Declared::Configured),
             }
         }
-        Err(error) => other_or_error(error),
-    }
-}
-
-fn declare_again(
-    link: &mut Link,
-    topology: &Topology,
-    queue: &str,
-    lazy: bool,
-) -> anyhow::Result<()> {
-    let channel = link.open_channel()?;
-    topology.declare_work_queue(&channel, queue, lazy)?;
-    let _ = channel.close();
-    Ok(())
-}
-
-/// A refusal (406) means declared otherwise; anything else is an error.
-fn other_or_error(error: anyhow::Error) -> anyhow::Result<Declared> {
-    match error
-        .chain()
-        .find_map(|c| c.downcast_ref::<amiquip::Error>())
-        .and_then(server_code)
-    {
-        Some(406) => Ok(Declared::Other),
-        _ => Err(error),
-    }
-}
-
-fn server_code(error: &amiquip::Error) -> Option<u16> {
-    match error {
-        amiquip::Error::ServerClosedChannel { code, .. } => Some(*code),
-        _ => None,
+        // Refused: declared with another --queue-type.
+        Err(error) => match messaging::closed_by_server(&error) {
+            Some((406, _)) => Ok(Declared::Other),
+            _ => Err(error),
+        },
     }
 }
 

@@ -31,6 +31,20 @@ pub fn connect(brokers: &Brokers) -> anyhow::Result<Connection> {
     brokers.connect()
 }
 
+/// The reply code and text with which the broker closed a channel, when
+/// that is where `error` came from (e.g. 404 for a missing queue, 406 for a
+/// queue declared with other arguments).
+pub fn closed_by_server(error: &anyhow::Error) -> Option<(u16, &str)> {
+    error
+        .chain()
+        .find_map(|cause| match cause.downcast_ref::<amiquip::Error>() {
+            Some(amiquip::Error::ServerClosedChannel { code, message, .. }) => {
+                Some((*code, message.as_str()))
+            }
+            _ => None,
+        })
+}
+
 /// A message to publish. Every message the tool publishes is persistent
 /// JSON with a message id and a timestamp.
 #[derive(Clone, Debug)]

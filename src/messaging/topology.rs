@@ -16,7 +16,7 @@ use amiquip::{
 };
 use anyhow::Context;
 
-use super::Link;
+use super::{closed_by_server, Link};
 use crate::domain::Namespace;
 
 /// What declaring opens its channel on: a connection, or a [`Link`].
@@ -155,13 +155,10 @@ impl Topology {
     }
 
     /// The exchanges, and the queues of `only` that consumer or of all.
-    ///
-    /// Classic queues are declared lazy (see [`Topology::typed`]). A
-    /// namespace whose queues were declared before that keeps them as they
-    /// are: its first work queue, declared first, is refused (406, which
-    /// closes the channel) for its queue mode, and then every queue is
-    /// declared as before on a new channel. `ordctl doctor` says how to
-    /// convert them.
+    /// The first work queue is declared first ([`Topology::declare_work_queue`]):
+    /// a namespace whose queues were declared before classic queues were
+    /// lazy keeps them all as they are. `ordctl doctor` says how to convert
+    /// them.
     fn declare_for(
         &self,
         channels: &mut dyn Channels,
@@ -172,21 +169,10 @@ impl Topology {
             .iter()
             .filter(|consumer| only.is_none_or(|name| name == consumer.name))
             .collect();
-        let mut channel = channels.open()?;
-        let mut lazy = self.queue_type == QueueType::Classic;
-        if let (true, Some(first)) = (lazy, consumers.first()) {
-            let queue = self.queue(first.name);
-            if let Err(error) =
-                self.declare_queue(&channel, &queue, self.typed(FieldTable::new(), true))
-            {
-                if !is_other_queue_mode(&error) {
-                    return Err(error);
-                }
-                tracing::debug!(%queue, "queues declared before lazy mode: declaring them as they are");
-                lazy = false;
-                channel = channels.open()?;
-            }
-        }
+        let (channel, lazy) = match consumers.first() {
+            Some(first) => self.declare_work_queue(channels, &self.queue(first.name))?,
+            None => (channels.open()?, false),
+        };
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -246,16 +232,30 @@ impl Topology {
         Ok(channel)
     }
 
-    /// Declares a work queue or DLQ as [`Topology::declare`] does, lazy or
-    /// not: refused (406) when it exists with another `--queue-type` or
-    /// queue mode.
+    /// Declares a work queue or DLQ as [`Topology::declare`] does, on a new
+    /// channel, which it returns with whether the namespace's classic
+    /// queues are lazy. Classic queues are declared lazy (see
+    /// [`Topology::typed`]); one that exists, declared before they were,
+    /// is refused for its queue mode alone (406, which closes the channel)
+    /// and is then declared as it was, on another new channel. Refused
+    /// (406) when it exists with another `--queue-type`.
     pub fn declare_work_queue(
         &self,
-        channel: &Channel,
+        channels: &mut dyn Channels,
         name: &str,
-        lazy: bool,
-    ) -> anyhow::Result<()> {
-        self.declare_queue(channel, name, self.typed(FieldTable::new(), lazy))
+    ) -> anyhow::Result<(Channel, bool)> {
+        let channel = channels.open()?;
+        let lazy = self.queue_type == QueueType::Classic;
+        match self.declare_queue(&channel, name, self.typed(FieldTable::new(), lazy)) {
+            Ok(()) => Ok((channel, lazy)),
+            Err(error) if lazy && is_other_queue_mode(&error) => {
+                tracing::debug!(queue = %name, "declared before classic queues were lazy: kept as it is");
+                let channel = channels.open()?;
+                self.declare_queue(&channel, name, self.typed(FieldTable::new(), false))?;
+                Ok((channel, false))
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// The arguments of `--queue-type`. A classic queue is lazy when
@@ -319,14 +319,6 @@ impl Topology {
 
 /// Whether declaring a queue was refused for its queue mode alone: it
 /// exists, declared before classic queues were lazy.
-pub fn is_other_queue_mode(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<amiquip::Error>())
-        .is_some_and(|error| match error {
-            amiquip::Error::ServerClosedChannel { code, message, .. } => {
-                *code == 406 && message.contains("x-queue-mode")
-            }
-            _ => false,
-        })
+fn is_other_queue_mode(error: &anyhow::Error) -> bool {
+    matches!(closed_by_server(error), Some((406, message)) if message.contains("x-queue-mode"))
 }

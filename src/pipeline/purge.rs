@@ -134,12 +134,7 @@ fn exists(
 }
 
 fn is_not_found(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<amiquip::Error>(),
-            Some(amiquip::Error::ServerClosedChannel { code: 404, .. })
-        )
-    })
+    matches!(crate::messaging::closed_by_server(error), Some((404, _)))
 }
 
 /// Deletes (or counts) the `{ns}:*` keys, found with SCAN, never KEYS: a
