@@ -30,8 +30,8 @@ enum Via {
 }
 
 impl Mailer {
-    /// An SMTP mailer keeping up to `pool_size` connections open, or an
-    /// `.eml` writer into `mail_dir`.
+    /// An SMTP mailer with up to `pool_size` connections open at once, or
+    /// an `.eml` writer into `mail_dir`.
     pub fn new(
         smtp: Option<&SmtpSettings>,
         mail_dir: &std::path::Path,

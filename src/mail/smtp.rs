@@ -47,8 +47,12 @@ const IDLE_CHECK_AFTER: Duration = Duration::from_secs(5);
 /// Mechanisms tried, in order, when the URL has credentials.
 const MECHANISMS: &[Mechanism] = &[Mechanism::Plain, Mechanism::Login];
 
-/// A pool of SMTP connections to one server; `send` may be called from
-/// many threads at once, each send using a connection of its own.
+/// A pool of at most `max_connections` SMTP connections to one server;
+/// `send` may be called from many threads at once, each send using a
+/// connection of its own. A send that finds every connection busy waits
+/// for one, in arrival order: providers refuse clients that open too many
+/// connections at once, and on a nearby server a few reused connections
+/// carry thousands of emails a second (BENCHMARKS.md).
 ///
 /// Each send runs as a task on the pool's one I/O thread, which also drives
 /// the sockets: an SMTP round trip (four per email) then wakes no other
@@ -64,7 +68,11 @@ pub struct SmtpPool {
 struct Connections {
     settings: SmtpSettings,
     hello: ClientId,
-    max_idle: usize,
+    /// One permit per connection the pool may have open: a send holds one
+    /// from taking a connection until it is back among the idle ones, and
+    /// a connection is only opened while none is idle, so the connections
+    /// open never outnumber the permits.
+    permits: tokio::sync::Semaphore,
     idle: Mutex<Vec<Idle>>,
     /// The outage being reported, so it is logged once, not per message.
     outage: Mutex<Option<String>>,
@@ -76,9 +84,9 @@ struct Idle {
 }
 
 impl SmtpPool {
-    /// A pool keeping up to `max_idle` connections open between sends. It
-    /// connects lazily: nothing is dialled until the first send.
-    pub fn new(settings: &SmtpSettings, max_idle: usize) -> anyhow::Result<Self> {
+    /// A pool of up to `max_connections` connections, kept open between
+    /// sends. It connects lazily: nothing is dialled until the first send.
+    pub fn new(settings: &SmtpSettings, max_connections: usize) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("smtp-io")
@@ -89,7 +97,7 @@ impl SmtpPool {
             connections: Arc::new(Connections {
                 settings: settings.clone(),
                 hello: ClientId::default(),
-                max_idle: max_idle.max(1),
+                permits: tokio::sync::Semaphore::new(max_connections.max(1)),
                 idle: Mutex::new(Vec::new()),
                 outage: Mutex::new(None),
             }),
@@ -127,6 +135,13 @@ impl SmtpPool {
 
 impl Connections {
     async fn send(&self, envelope: &Envelope, formatted: &[u8]) -> Result<String, MailError> {
+        // Held until the connection is idle again or dropped; the pool
+        // never closes its semaphore.
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the pool's semaphore is open");
         let mut connection = match self.take_idle().await {
             Some(connection) => connection,
             None => self.connect().await?,
@@ -172,13 +187,10 @@ impl Connections {
     }
 
     fn put_idle(&self, connection: AsyncSmtpConnection) {
-        let mut idle = self.idle.lock().unwrap();
-        if idle.len() < self.max_idle {
-            idle.push(Idle {
-                connection,
-                since: Instant::now(),
-            });
-        }
+        self.idle.lock().unwrap().push(Idle {
+            connection,
+            since: Instant::now(),
+        });
     }
 
     /// A new connection: TCP with `TCP_NODELAY`, implicit TLS or STARTTLS

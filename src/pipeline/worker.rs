@@ -25,6 +25,10 @@ use crate::shutdown::{Activity, Shutdown};
 /// connections (BENCHMARKS.md).
 pub const DEFAULT_CONCURRENCY: u16 = 16;
 
+/// SMTP connections a worker opens at most when `--smtp-connections` is
+/// not given (see [`WorkerOptions::smtp_connections`]).
+pub const DEFAULT_SMTP_CONNECTIONS: u16 = 16;
+
 /// PostgreSQL connections the slots share, at most (plus one): a slot holds
 /// one only while its batch's transaction runs, PostgreSQL does a batch's
 /// work in a few milliseconds on a few cores, and `max_connections` (100 by
@@ -44,6 +48,9 @@ pub struct WorkerOptions {
     /// Emails a second across every worker of the namespace (see
     /// [`SendRate`]); `None`: as fast as they come.
     pub max_send_rate: Option<f64>,
+    /// SMTP connections open at once, at most, whatever the slots: the
+    /// provider's limit. Slots that find every connection busy wait.
+    pub smtp_connections: u16,
 }
 
 /// Runs `consumers` until `shutdown` (a signal) or, with `exit_when_idle`,
@@ -69,7 +76,7 @@ pub fn run(
             settings.namespace.clone(),
             slots,
         )?),
-        mailer: Arc::new(mailer(settings, slots, options.max_send_rate)?),
+        mailer: Arc::new(mailer(settings, options)?),
         sent_marks: Arc::new(SentMarks::new(
             &settings.redis_url,
             settings.namespace.clone(),
@@ -142,10 +149,14 @@ impl Drop for StopAllOnExit<'_> {
 }
 
 /// The mailer, limited to the fleet's send rate when there is one.
-fn mailer(settings: &Settings, slots: u32, max_send_rate: Option<f64>) -> anyhow::Result<Mailer> {
-    let mailer = Mailer::new(settings.smtp.as_ref(), &settings.mail_dir, slots)
-        .context("setting up the mailer")?;
-    Ok(match max_send_rate {
+fn mailer(settings: &Settings, options: &WorkerOptions) -> anyhow::Result<Mailer> {
+    let mailer = Mailer::new(
+        settings.smtp.as_ref(),
+        &settings.mail_dir,
+        u32::from(options.smtp_connections),
+    )
+    .context("setting up the mailer")?;
+    Ok(match options.max_send_rate {
         Some(rate) => mailer.limited_by(SendRate::new(
             &settings.redis_url,
             &settings.namespace,

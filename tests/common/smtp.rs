@@ -18,6 +18,9 @@ pub struct Email {
     pub to: String,
     pub subject: String,
     pub body: String,
+    /// The client's address and port, as aiosmtpd's `X-Peer` header
+    /// records it: one value per SMTP connection.
+    pub peer: String,
 }
 
 impl Email {
@@ -61,6 +64,7 @@ impl Email {
             message_id: header("message-id"),
             to,
             subject: header("subject"),
+            peer: header("x-peer"),
             body: if quoted_printable {
                 decode_quoted_printable(body)
             } else {

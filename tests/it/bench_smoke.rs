@@ -68,6 +68,7 @@ fn bench_with_a_tiny_load_reports_every_figure_and_cleans_up() {
             "raw_smtp_per_message",
             "place",
             "drain/rate",
+            "drain_smtp_connections/rate",
         ] {
             paths.push(format!("/curve/{point}/{figure}/per_sec"));
         }
@@ -81,9 +82,17 @@ fn bench_with_a_tiny_load_reports_every_figure_and_cleans_up() {
     }
     assert_eq!(report["curve"][1]["concurrency"], 2);
     assert_eq!(report["curve"][1]["drain"]["worker_concurrency"], 2);
+    assert!(report["curve"][1]["drain"]["smtp_connections"].is_null());
+    let by_connections = &report["curve"][1]["drain_smtp_connections"];
+    assert_eq!(by_connections["smtp_connections"], 2);
+    assert!(by_connections["worker_concurrency"].is_null());
     assert!(report["default_worker"]["worker_concurrency"].is_null());
     assert_eq!(report["curve"][0]["place"]["count"], 20);
     assert_eq!(report["curve"][0]["drain"]["rate"]["count"], 20);
+    assert_eq!(
+        report["curve"][0]["drain_smtp_connections"]["rate"]["count"],
+        20
+    );
     assert_eq!(report["latency"]["commit_to_smtp_250_ms"]["samples"], 20);
     assert_eq!(report["latency"]["published_to_delivery_ms"]["samples"], 20);
     assert_eq!(report["latency"]["in_delivery_ms"]["samples"], 20);
@@ -96,9 +105,9 @@ fn bench_with_a_tiny_load_reports_every_figure_and_cleans_up() {
         .collect();
     for name in [
         "place rate at 1",
-        "drain at 1",
+        "drain, worker --smtp-connections 1",
         "place rate at 2",
-        "drain at 2",
+        "drain, worker --smtp-connections 2",
         "replay-dlq, dead letters moved",
     ] {
         assert!(ratios.contains(&name), "{name} has no ratio: {ratios:?}");

@@ -660,6 +660,39 @@ fn a_command_whose_stderr_is_gone_still_exits_with_its_code() {
 }
 
 #[test]
+fn the_worker_sends_over_no_more_smtp_connections_than_it_is_allowed() {
+    let env = TestEnv::new();
+    env.migrate_and_seed();
+    env.ordctl([
+        "place-order",
+        "--count",
+        "60",
+        "--concurrency",
+        "4",
+        "--amount",
+        "3",
+    ])
+    .assert_code(0);
+
+    // 8 slots sending at once, 2 connections: the others wait their turn.
+    env.run_worker(&["--concurrency", "8", "--smtp-connections", "2"]);
+    let emails = env.emails();
+    assert_eq!(emails.len(), 60);
+    let peers: HashSet<&str> = emails.iter().map(|e| e.peer.as_str()).collect();
+    assert!(
+        (1..=2).contains(&peers.len()) && !peers.contains(""),
+        "the emails came over these connections: {peers:?}"
+    );
+    assert_eq!(
+        env.scalar(
+            "SELECT count(*) AS n FROM notifications \
+             WHERE consumer = 'notifications' AND status = 'sent'"
+        ),
+        60
+    );
+}
+
+#[test]
 fn bulk_orders_are_spread_over_the_users_and_each_emailed_once() {
     let env = TestEnv::new();
     env.migrate_and_seed();

@@ -35,7 +35,7 @@ use ordctl::shutdown::Shutdown;
 use serde::Serialize;
 
 use self::measure::{Machine, Rate};
-use self::pipeline::{Latency, Pipeline, WorkerRun};
+use self::pipeline::{Latency, Pipeline, WorkerFlags, WorkerRun};
 use self::raw::Connections;
 
 /// Demo users the orders are spread over (each is cached after first use).
@@ -167,12 +167,16 @@ pub struct Point {
     pub place: Rate,
     /// `ordctl worker --concurrency C` draining the N placed orders.
     pub drain: Drain,
+    /// `ordctl worker --smtp-connections C` (its default slots) draining
+    /// as many: what C SMTP connections carry, beside smtp-source's C.
+    pub drain_smtp_connections: Drain,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Drain {
-    /// `--concurrency` passed to the worker; `None` for its default.
-    pub worker_concurrency: Option<u16>,
+    /// The flags passed to the worker; absent ones are its defaults.
+    #[serde(flatten)]
+    pub flags: WorkerFlags,
     pub rate: Rate,
     pub peak_rss_mib: f64,
     /// The worker's own CPU time per order.
@@ -180,9 +184,9 @@ pub struct Drain {
 }
 
 impl Drain {
-    fn new(worker_concurrency: Option<u16>, rate: Rate, run: &WorkerRun) -> Self {
+    fn new(flags: WorkerFlags, rate: Rate, run: &WorkerRun) -> Self {
         Self {
-            worker_concurrency,
+            flags,
             cpu_ms_per_order: run.cpu_secs * 1000.0 / rate.count.max(1) as f64,
             rate,
             peak_rss_mib: mib(run.peak_rss_kib),
@@ -457,8 +461,11 @@ fn amqp_section(bench: &Bench<'_>, queue: &str, c: u16, report: &mut Report) -> 
 }
 
 /// At each concurrency C: pgbench and smtp-source with C clients, then
-/// `place-order --count N --concurrency C` and `ordctl worker --concurrency
-/// C` draining what was placed.
+/// `place-order --count N --concurrency C`, and `ordctl worker
+/// --concurrency C` (C slots per consumer) draining what was placed; then
+/// as many placed again, drained by `ordctl worker --smtp-connections C`
+/// (its default slots sharing C SMTP connections), the drain held to
+/// smtp-source's C sessions.
 fn curve_section(
     bench: &Bench<'_>,
     email: &lettre::Message,
@@ -483,11 +490,19 @@ fn curve_section(
         tracing::info!("pipeline: placing {n} orders, concurrency {c}");
         let place = pipeline.place(n, c).context("placing orders")?;
         bench.interrupted()?;
-        tracing::info!("pipeline: draining {n} orders through `ordctl worker --concurrency {c}`");
-        let (rate, run) = pipeline.drain(n, Some(c)).context("draining")?;
-        let drain = Drain::new(Some(c), rate, &run);
-        report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(drain.peak_rss_mib);
-        bench.interrupted()?;
+        let drain = drain_with(
+            bench,
+            WorkerFlags::slots(c),
+            &format!("--concurrency {c}"),
+            report,
+        )?;
+        pipeline.place(n, c).context("placing orders")?;
+        let drain_smtp_connections = drain_with(
+            bench,
+            WorkerFlags::smtp_connections(c),
+            &format!("--smtp-connections {c}"),
+            report,
+        )?;
 
         let figures = &mut report.figures;
         figures.push(Figure::plain(
@@ -516,23 +531,31 @@ fn curve_section(
                 Some(PLACE_TARGET),
             ),
         );
-        let drained = Figure::plain(format!("drain at {c}"), drain.rate.per_sec, "emails/s");
-        figures.push(match &raw_smtp_per_message {
-            Some(smtp) => drained.versus(
+        figures.push(Figure::plain(
+            format!("drain, worker --concurrency {c}"),
+            drain.rate.per_sec,
+            "emails/s",
+        ));
+        let drained = || {
+            Figure::plain(
+                format!("drain, worker --smtp-connections {c}"),
+                drain_smtp_connections.rate.per_sec,
+                "emails/s",
+            )
+        };
+        if let Some(smtp) = &raw_smtp_per_message {
+            figures.push(drained().versus(
                 &format!("smtp-source at {c}, a connection per message"),
                 smtp.per_sec,
                 Some(DRAIN_VS_SMTP_TARGET),
-            ),
-            None => drained,
-        });
+            ));
+        }
         if let Some(smtp) = &raw_smtp {
-            figures.push(
-                Figure::plain(format!("drain at {c}"), drain.rate.per_sec, "emails/s").versus(
-                    &format!("smtp-source -d at {c}, connections reused"),
-                    smtp.per_sec,
-                    None,
-                ),
-            );
+            figures.push(drained().versus(
+                &format!("smtp-source -d at {c}, connections reused"),
+                smtp.per_sec,
+                None,
+            ));
         }
         report.curve.push(Point {
             concurrency: c,
@@ -541,9 +564,30 @@ fn curve_section(
             raw_smtp_per_message,
             place,
             drain,
+            drain_smtp_connections,
         });
     }
     Ok(())
+}
+
+/// `ordctl worker` with `flags` draining the N orders placed before it;
+/// its peak RSS joins the report's.
+fn drain_with(
+    bench: &Bench<'_>,
+    flags: WorkerFlags,
+    described: &str,
+    report: &mut Report,
+) -> anyhow::Result<Drain> {
+    let n = bench.options.orders;
+    tracing::info!("pipeline: draining {n} orders through `ordctl worker {described}`");
+    let (rate, run) = bench
+        .pipeline()
+        .drain(n, flags)
+        .with_context(|| format!("draining with {described}"))?;
+    let drain = Drain::new(flags, rate, &run);
+    report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(drain.peak_rss_mib);
+    bench.interrupted()?;
+    Ok(drain)
 }
 
 /// A new user's `ordctl worker` (no flags) draining N placed orders.
@@ -552,10 +596,7 @@ fn default_worker_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Res
     let pipeline = bench.pipeline();
     let c = bench.max_concurrency();
     pipeline.place(n, c).context("placing orders")?;
-    tracing::info!("pipeline: draining {n} orders through `ordctl worker` (defaults)");
-    let (rate, run) = pipeline.drain(n, None).context("draining")?;
-    let drain = Drain::new(None, rate, &run);
-    report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(drain.peak_rss_mib);
+    let drain = drain_with(bench, WorkerFlags::default(), "(defaults)", report)?;
     report.figures.push(
         Figure::plain(
             "drain, `ordctl worker` with defaults",
@@ -567,7 +608,8 @@ fn default_worker_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Res
     let best = report
         .curve
         .iter()
-        .map(|point| point.drain.rate.per_sec)
+        .flat_map(|point| [&point.drain, &point.drain_smtp_connections])
+        .map(|drain| drain.rate.per_sec)
         .fold(drain.rate.per_sec, f64::max);
     report.figures.push(
         Figure::plain(

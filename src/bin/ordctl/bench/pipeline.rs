@@ -44,6 +44,43 @@ pub struct Pipeline<'a> {
     pub shutdown: &'a Shutdown,
 }
 
+/// The flags a benchmark's `ordctl worker` runs with; `None`: the
+/// worker's default.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct WorkerFlags {
+    /// `--concurrency`: slots per consumer.
+    pub worker_concurrency: Option<u16>,
+    /// `--smtp-connections`: SMTP connections open at once, at most.
+    pub smtp_connections: Option<u16>,
+}
+
+impl WorkerFlags {
+    pub fn slots(concurrency: u16) -> Self {
+        Self {
+            worker_concurrency: Some(concurrency),
+            ..Self::default()
+        }
+    }
+
+    pub fn smtp_connections(connections: u16) -> Self {
+        Self {
+            smtp_connections: Some(connections),
+            ..Self::default()
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        [
+            ("--concurrency", self.worker_concurrency),
+            ("--smtp-connections", self.smtp_connections),
+        ]
+        .into_iter()
+        .filter_map(|(flag, value)| Some([flag.to_string(), value?.to_string()]))
+        .flatten()
+        .collect()
+    }
+}
+
 /// A finished worker process: its peak RSS and its CPU time.
 #[derive(Debug)]
 pub struct WorkerRun {
@@ -107,14 +144,14 @@ impl Pipeline<'_> {
         Ok(rate)
     }
 
-    /// Starts `ordctl worker` (with `--concurrency` when given) on a
-    /// backlog of `count` queued orders and times it from spawning the
-    /// process until the last of the `count` emails was sent.
-    pub fn drain(&self, count: u64, concurrency: Option<u16>) -> anyhow::Result<(Rate, WorkerRun)> {
+    /// Starts `ordctl worker` with `flags` on a backlog of `count` queued
+    /// orders and times it from spawning the process until the last of the
+    /// `count` emails was sent.
+    pub fn drain(&self, count: u64, flags: WorkerFlags) -> anyhow::Result<(Rate, WorkerRun)> {
         let mut conn = db::connect(&self.settings.database_url)?;
         let (before, _) = count_sent(&mut conn, 0)?;
         let stopwatch = Stopwatch::start();
-        let mut worker = self.spawn_worker(concurrency)?;
+        let mut worker = self.spawn_worker(flags)?;
         let last = self.wait_until_sent(&mut worker, 0, before + count)?;
         let rate = stopwatch.rate_until(count, last);
         Ok((rate, worker.finish()?))
@@ -134,7 +171,7 @@ impl Pipeline<'_> {
     ) -> anyhow::Result<(Rate, WorkerRun)> {
         let mut conn = db::connect(&self.settings.database_url)?;
         let first_id = max_order_id(&mut conn)?;
-        let mut worker = self.spawn_worker(None)?;
+        let mut worker = self.spawn_worker(WorkerFlags::default())?;
         self.wait_until_started(&mut worker, DEFAULT_CONCURRENCY)?;
         let stopwatch = Stopwatch::start();
         self.place_paced(user_ids, count, f64::INFINITY, concurrency)?;
@@ -152,7 +189,7 @@ impl Pipeline<'_> {
         secs: f64,
     ) -> anyhow::Result<(Latency, WorkerRun)> {
         let mut conn = db::connect(&self.settings.database_url)?;
-        let mut worker = self.spawn_worker(None)?;
+        let mut worker = self.spawn_worker(WorkerFlags::default())?;
         self.wait_until_started(&mut worker, DEFAULT_CONCURRENCY)?;
         // Warm-up, not measured: the same load for a moment. A worker opens
         // its database, Redis and SMTP connections as the first messages
@@ -274,8 +311,8 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    fn spawn_worker(&self, concurrency: Option<u16>) -> anyhow::Result<Worker> {
-        Worker::spawn(self.worker_exe, self.settings, concurrency)
+    fn spawn_worker(&self, flags: WorkerFlags) -> anyhow::Result<Worker> {
+        Worker::spawn(self.worker_exe, self.settings, flags)
     }
 
     /// Waits until the worker has started: every consumer's work queue has
@@ -428,12 +465,11 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(exe: &Path, settings: &Settings, concurrency: Option<u16>) -> anyhow::Result<Self> {
+    fn spawn(exe: &Path, settings: &Settings, flags: WorkerFlags) -> anyhow::Result<Self> {
         let mut command = Command::new(exe);
-        command.args(["worker", "--exit-when-idle", "3"]);
-        if let Some(concurrency) = concurrency {
-            command.arg("--concurrency").arg(concurrency.to_string());
-        }
+        command
+            .args(["worker", "--exit-when-idle", "3"])
+            .args(flags.args());
         let mut child = command
             .envs(worker_env(settings))
             .stdin(Stdio::null())

@@ -14,7 +14,7 @@ use ordctl::messaging::Brokers;
 use serde::Serialize;
 
 use super::measure::Rate;
-use super::pipeline::Pipeline;
+use super::pipeline::{Pipeline, WorkerFlags};
 use super::{Bench, Drain, Figure, Report, Scratch};
 
 /// One setup's figures.
@@ -89,7 +89,7 @@ fn measure(bench: &Bench<'_>, settings: &Settings, setup: &str) -> anyhow::Resul
     bench.interrupted()?;
     tracing::info!("queue types: draining {n} orders through `ordctl worker`, {setup}");
     let (rate, run) = pipeline
-        .drain(n, None)
+        .drain(n, WorkerFlags::default())
         .with_context(|| format!("draining, {setup}"))?;
-    Ok((place, Drain::new(None, rate, &run)))
+    Ok((place, Drain::new(WorkerFlags::default(), rate, &run)))
 }

@@ -53,6 +53,13 @@ pub struct Args {
     #[arg(long, env = "ORDCTL_MAX_SEND_RATE", value_name = "N", value_parser = send_rate)]
     max_send_rate: Option<f64>,
 
+    /// SMTP connections this worker opens at most, shared by every
+    /// consumer's slots: a send that finds them all busy waits for one.
+    /// Set it to what the provider allows; on a nearby server a few
+    /// connections carry thousands of emails a second (BENCHMARKS.md).
+    #[arg(long, env = "ORDCTL_SMTP_CONNECTIONS", value_name = "N", default_value_t = worker::DEFAULT_SMTP_CONNECTIONS, value_parser = clap::value_parser!(u16).range(1..=256))]
+    smtp_connections: u16,
+
     /// Do not run the outbox relay in this process.
     #[arg(long)]
     no_relay: bool,
@@ -85,6 +92,7 @@ impl Args {
             relay: !self.no_relay,
             exit_when_idle: self.exit_when_idle,
             max_send_rate: self.max_send_rate,
+            smtp_connections: self.smtp_connections,
         };
         let consumers = consumers::select(&self.consumers)?;
         let topology = ctx.topology();
