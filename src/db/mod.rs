@@ -179,6 +179,20 @@ pub fn commit_lazily(conn: &mut PgConnection) -> QueryResult<()> {
         .map(drop)
 }
 
+/// [`commit_lazily`], and wakes `channel`'s LISTENers when the transaction
+/// commits (a rollback wakes no one), in the same round trip. Sent inside
+/// the transaction, the notification holds PostgreSQL's notify lock from
+/// just before the commit until it is written — not until it is on disk,
+/// since this commit does not wait for the disk (see [`notify`]).
+pub fn commit_lazily_waking(conn: &mut PgConnection, channel: &str) -> QueryResult<()> {
+    prepared::prepared(
+        "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')",
+        (prepared::bind::<diesel::sql_types::Text, _>(channel),),
+    )
+    .execute(conn)
+    .map(drop)
+}
+
 /// Wakes whoever LISTENs on `channels` after a commit that wrote what they
 /// wait for — relays ([`outbox::CHANNEL`]), the live feed's readers
 /// ([`feed::CHANNEL`]): one round trip, outside the writer's transaction (a

@@ -45,7 +45,7 @@ pub struct NewOrderRow<'a> {
     pub idempotency_key: Option<&'a str>,
 }
 
-#[derive(Clone, Debug, Queryable, Selectable)]
+#[derive(Clone, Debug, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = outbox, check_for_backend(diesel::pg::Pg))]
 pub struct OutboxRow {
     pub id: i64,

@@ -60,50 +60,40 @@ pub fn insert_events(conn: &mut PgConnection, events: &[Event]) -> QueryResult<u
     .execute(conn)
 }
 
-/// Locks up to `limit` unpublished rows, oldest first, skipping rows another
-/// relay holds: concurrent relays never publish the same row at once. Must
-/// run inside a transaction; the locks last until it ends.
+/// Claims up to `limit` unpublished rows, oldest first, skipping rows
+/// another relay holds: concurrent relays never publish the same row at
+/// once. Claimed rows are stamped published in the caller's transaction,
+/// which must commit only once the broker confirmed them (see [`claim`]).
 pub fn claim_unpublished(conn: &mut PgConnection, limit: i64) -> QueryResult<Vec<OutboxRow>> {
-    outbox::table
-        .filter(outbox::published_at.is_null())
-        .order(outbox::id)
-        .limit(limit)
-        .for_update()
-        .skip_locked()
-        .select(OutboxRow::as_select())
-        .load(conn)
-}
-
-/// Locks the rows (in id order, so lockers never deadlock), waiting for a
-/// relay that holds any of them to finish, so the caller sees whether that
-/// relay published it.
-pub fn lock(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<OutboxRow>> {
-    planned_each_time(
-        outbox::table
-            .filter(outbox::id.eq_any(ids))
-            .order(outbox::id)
-            .for_update()
-            .select(OutboxRow::as_select()),
-    )
-    .load(conn)
-}
-
-pub fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
-    // The moment of the broker's confirm, not the transaction's start.
-    planned_each_time(prepared(
+    let mut rows: Vec<OutboxRow> = prepared(
         "UPDATE outbox SET published_at = clock_timestamp(), last_error = NULL \
-         WHERE id = ANY($1)",
+         WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL \
+                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         RETURNING *",
+        (bind::<BigInt, _>(limit),),
+    )
+    .load(conn)?;
+    rows.sort_by_key(|row| row.id);
+    Ok(rows)
+}
+
+/// Claims the rows among `ids` that are still unpublished, waiting for a
+/// relay that holds any of them to finish (a row it published is not
+/// returned), and stamps them published (`clock_timestamp()`, just before
+/// the publish) in the caller's transaction: one write per row, which is
+/// also its lock. The caller publishes them and commits only once the
+/// broker confirmed them; until then everyone else sees them unpublished,
+/// and a rollback leaves them so. Returned in id order.
+pub fn claim(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<Vec<OutboxRow>> {
+    let mut rows: Vec<OutboxRow> = planned_each_time(prepared(
+        "UPDATE outbox SET published_at = clock_timestamp(), last_error = NULL \
+         WHERE id = ANY($1) AND published_at IS NULL \
+         RETURNING *",
         (bind::<Array<BigInt>, _>(ids),),
     ))
-    .execute(conn)
-}
-
-/// [`mark_published`] without waiting for the commit to reach the disk, in
-/// the caller's transaction: losing this mark in a PostgreSQL crash only
-/// republishes the events, which consumers ignore.
-pub fn mark_published_lazily(conn: &mut PgConnection, ids: &[i64]) -> QueryResult<usize> {
-    super::commit_lazily(conn)?;
-    mark_published(conn, ids)
+    .load(conn)?;
+    rows.sort_by_key(|row| row.id);
+    Ok(rows)
 }
 
 /// Subscribes the connection to [`CHANNEL`], so that committed rows wake it.

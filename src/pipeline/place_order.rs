@@ -59,8 +59,9 @@ pub struct Placed {
 /// nothing is written either way. An idempotency key placed before returns
 /// that first order, `replayed`, and writes nothing.
 ///
-/// The commit wakes no LISTENer: the caller publishes the events, then
-/// calls [`announce`] — once for all the orders it committed.
+/// The commit wakes no LISTENer: the caller publishes the events, which
+/// wakes the live feed, and calls [`announce`] if that failed — once for
+/// all the orders it committed.
 pub fn commit(conn: &mut PgConnection, order: &NewOrder) -> anyhow::Result<(Placed, Vec<i64>)> {
     if let (OrderContents::Amount { amount, currency }, None) =
         (&order.contents, &order.idempotency_key)
@@ -281,10 +282,11 @@ fn first_placed(conn: &mut PgConnection, key: &IdempotencyKey) -> anyhow::Result
     }))
 }
 
-/// Wakes the LISTENers of committed orders once their publish was tried:
-/// the live feed shows them, and a relay publishes the events the publish
-/// did not. (Before the publish, it would send a relay after the same
-/// rows.) One wake-up covers every order committed before it.
+/// Wakes the LISTENers of committed orders whose publish failed (or had no
+/// broker to go to): the live feed shows them, and a relay publishes their
+/// events. (Before the publish, it would send a relay after the same
+/// rows; a publish that succeeded woke the feed itself.) One wake-up covers
+/// every order committed before it.
 pub fn announce(conn: &mut PgConnection) {
     db::notify(conn, &[outbox::CHANNEL, db::feed::CHANNEL]);
 }
@@ -324,8 +326,9 @@ pub fn place(
     order: &NewOrder,
 ) -> anyhow::Result<Placed> {
     let mut committed = [commit(conn, order)?];
-    publish(conn, publisher, &mut committed);
-    announce(conn);
+    if !publish(conn, publisher, &mut committed) {
+        announce(conn);
+    }
     let [(placed, _)] = committed;
     Ok(placed)
 }
@@ -333,26 +336,33 @@ pub fn place(
 /// Publishes committed orders' events and marks them `published`. A failed
 /// publish is logged and drops the publisher (its channel is no longer
 /// trustworthy); the orders stand either way and the relay publishes them.
+/// Returns whether every event went out (or there was none), else the
+/// caller [`announce`]s them.
 fn publish(
     conn: &mut PgConnection,
     publisher: &mut Option<Publisher>,
     committed: &mut [(Placed, Vec<i64>)],
-) {
-    let Some(active) = publisher else { return };
+) -> bool {
+    let Some(active) = publisher else {
+        return false;
+    };
     let outbox_ids: Vec<i64> = committed
         .iter()
         .flat_map(|(_, outbox_ids)| outbox_ids.iter().copied())
         .collect();
     if outbox_ids.is_empty() {
         // Replays only: their events were published (or are the relay's).
-        return;
+        return true;
     }
     match relay::publish_committed(conn, active, &outbox_ids) {
         // A replayed order keeps what its first placing recorded.
-        Ok(()) => committed
-            .iter_mut()
-            .filter(|(_, outbox_ids)| !outbox_ids.is_empty())
-            .for_each(|(placed, _)| placed.published = true),
+        Ok(()) => {
+            committed
+                .iter_mut()
+                .filter(|(_, outbox_ids)| !outbox_ids.is_empty())
+                .for_each(|(placed, _)| placed.published = true);
+            true
+        }
         Err(error) => {
             for (placed, _) in committed.iter().filter(|(placed, _)| !placed.replayed) {
                 tracing::warn!(
@@ -364,6 +374,7 @@ fn publish(
             if let Some(broken) = publisher.take() {
                 broken.close();
             }
+            false
         }
     }
 }
@@ -393,8 +404,8 @@ impl<'a> Window<'a> {
         }
     }
 
-    /// Publishes the pending orders under one confirm wait, then announces
-    /// them; returns how many were published.
+    /// Publishes the pending orders under one confirm wait (announcing
+    /// them if that failed); returns how many were published.
     fn flush(&mut self, conn: &mut PgConnection) -> u64 {
         if self.pending.is_empty() {
             return 0;
@@ -408,8 +419,9 @@ impl<'a> Window<'a> {
             self.lost_at = None;
         }
         let had_publisher = self.publisher.is_some();
-        publish(conn, &mut self.publisher, &mut self.pending);
-        announce(conn);
+        if !publish(conn, &mut self.publisher, &mut self.pending) {
+            announce(conn);
+        }
         if had_publisher && self.publisher.is_none() {
             self.lost_at = Some(Instant::now());
         }

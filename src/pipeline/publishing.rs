@@ -5,10 +5,11 @@
 //! marked published. A request holds no database connection while its
 //! publish waits, and the busier the server, the more requests share a
 //! round (the way PostgreSQL's group commit shares a disk flush): one
-//! lock-and-mark transaction and one confirm wait per round instead of per
-//! request — and one NOTIFY per round, after its publish, which wakes the
-//! live feed and the relays for all of its orders (the requests commit
-//! without one). More threads were measured to cost more CPU per request
+//! claim transaction (the rows stamped published, committed once confirmed)
+//! and one confirm wait per round instead of per request — and one NOTIFY
+//! per round, sent in that transaction, which wakes the live feed for all
+//! of its orders (the requests commit without one; a round that failed
+//! wakes the relays too). More threads were measured to cost more CPU per request
 //! (more, smaller rounds) and so fewer requests per second on a busy
 //! machine.
 //!
@@ -118,7 +119,7 @@ fn run(database_url: &Url, publishers: &PublisherPool, jobs: &Receiver<Job>) {
 }
 
 /// Publishes the rows under one confirm wait and marks them published,
-/// then announces them. A failure is logged and drops the publisher and
+/// which wakes the live feed, or announces them if that failed. A failure is logged and drops the publisher and
 /// the connection (either may be what broke); the rows stay for the relay.
 fn publish_round(
     database_url: &Url,
@@ -145,9 +146,11 @@ fn publish_round(
         }
         result
     });
-    // One wake-up for the round's orders: the live feed shows them, and a
-    // relay publishes them if this publish failed.
-    place_order::announce(connection);
+    // Unpublished: one wake-up for the round's orders, so the live feed
+    // shows them and a relay publishes them.
+    if !matches!(published, Some(Ok(()))) {
+        place_order::announce(connection);
+    }
     match published {
         Some(Ok(())) => true,
         Some(Err(error)) => {

@@ -1,8 +1,8 @@
 //! The outbox relay: publishes events whose post-commit publish did not
 //! happen. Woken by LISTEN/NOTIFY as rows commit, with a periodic sweep as a
 //! fallback. Rows are claimed `FOR UPDATE SKIP LOCKED`, so relays running at
-//! once never publish the same row, and marked published only after the
-//! broker confirmed them.
+//! once never publish the same row; the claim stamps them published in a
+//! transaction that commits only after the broker confirmed them.
 
 use std::time::Duration;
 
@@ -25,12 +25,9 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the LISTEN connection is checked for notifications.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Publishes rows the caller has locked, then marks them published.
-fn publish_rows(
-    conn: &mut PgConnection,
-    publisher: &mut Publisher,
-    rows: &[OutboxRow],
-) -> anyhow::Result<()> {
+/// Publishes rows the caller claimed ([`outbox::claim`]), waiting for the
+/// broker's confirms; the caller's commit then makes their stamp visible.
+fn publish_rows(publisher: &mut Publisher, rows: &[OutboxRow]) -> anyhow::Result<()> {
     let messages: Vec<Outgoing> = rows
         .iter()
         .map(|row| {
@@ -43,28 +40,28 @@ fn publish_rows(
             message
         })
         .collect();
-    publisher.publish_events(&messages)?;
-    let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
-    outbox::mark_published_lazily(conn, &ids)?;
-    Ok(())
+    publisher.publish_events(&messages)
 }
 
 /// Publishes just-committed orders' events, all under one confirm wait.
 /// Waits for a relay that holds any of the rows; once it returns `Ok`,
-/// every one of them is published (by this call or by that relay).
+/// every one of them is published (by this call or by that relay), and the
+/// live feed's readers were woken for them. On an error the caller wakes
+/// the relays and the feed ([`super::place_order::announce`]).
+///
+/// The claim's commit does not wait for the disk: a stamp lost in a
+/// PostgreSQL crash only has the relay publish the event again, which
+/// consumers ignore.
 pub fn publish_committed(
     conn: &mut PgConnection,
     publisher: &mut Publisher,
     outbox_ids: &[i64],
 ) -> anyhow::Result<()> {
     conn.transaction(|conn| {
-        let rows = outbox::lock(conn, outbox_ids)?;
-        let unpublished: Vec<OutboxRow> = rows
-            .into_iter()
-            .filter(|row| row.published_at.is_none())
-            .collect();
+        db::commit_lazily_waking(conn, db::feed::CHANNEL)?;
+        let unpublished = outbox::claim(conn, outbox_ids)?;
         if !unpublished.is_empty() {
-            publish_rows(conn, publisher, &unpublished)?;
+            publish_rows(publisher, &unpublished)?;
         }
         Ok(())
     })
@@ -74,9 +71,10 @@ pub fn publish_committed(
 pub fn publish_batch(conn: &mut PgConnection, publisher: &mut Publisher) -> anyhow::Result<usize> {
     let mut claimed = Vec::new();
     let result = conn.transaction(|conn| {
+        db::commit_lazily(conn)?;
         claimed = outbox::claim_unpublished(conn, BATCH_SIZE)?;
         if !claimed.is_empty() {
-            publish_rows(conn, publisher, &claimed)?;
+            publish_rows(publisher, &claimed)?;
         }
         anyhow::Ok(claimed.len())
     });

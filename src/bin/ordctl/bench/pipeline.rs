@@ -100,13 +100,12 @@ pub struct Latency {
     /// before its commit) → notifications.sent_at (`clock_timestamp()`
     /// right after the SMTP server's 250). Same clock: one machine.
     pub commit_to_smtp_250_ms: Percentiles,
-    /// outbox.created_at → outbox.published_at (right after the broker's
-    /// confirm).
+    /// outbox.created_at → outbox.published_at (the publisher's claim,
+    /// just before it publishes).
     pub relay_lag_ms: Percentiles,
     /// Where the rest goes: outbox.published_at → the start of the
-    /// worker's delivery transaction (notifications.created_at; negative
-    /// when the worker had the message before the placer stamped its
-    /// confirm) ...
+    /// worker's delivery transaction (notifications.created_at; it
+    /// includes the broker's routing and, at most, its confirm) ...
     pub published_to_delivery_ms: Percentiles,
     /// ... and that transaction's start → the SMTP server's 250.
     pub in_delivery_ms: Percentiles,
