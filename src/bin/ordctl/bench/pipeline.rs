@@ -469,6 +469,11 @@ impl Worker {
         command
             .args(["worker", "--exit-when-idle", "3"])
             .args(flags.args());
+        // The worker's defaults are what is measured, whatever this shell
+        // sets for its own workers.
+        for tuning in ["ORDCTL_MAX_SEND_RATE", "ORDCTL_SMTP_CONNECTIONS"] {
+            command.env_remove(tuning);
+        }
         let mut child = command
             .envs(worker_env(settings))
             .stdin(Stdio::null())
