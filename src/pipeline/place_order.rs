@@ -326,25 +326,23 @@ pub fn place(
     order: &NewOrder,
 ) -> anyhow::Result<Placed> {
     let mut committed = [commit(conn, order)?];
-    if !publish(conn, publisher, &mut committed) {
-        announce(conn);
-    }
+    publish(conn, publisher, &mut committed);
     let [(placed, _)] = committed;
     Ok(placed)
 }
 
-/// Publishes committed orders' events and marks them `published`. A failed
-/// publish is logged and drops the publisher (its channel is no longer
-/// trustworthy); the orders stand either way and the relay publishes them.
-/// Returns whether every event went out (or there was none), else the
-/// caller [`announce`]s them.
+/// Publishes committed orders' events and marks them `published`, which
+/// wakes the live feed. A failed publish is logged and drops the publisher
+/// (its channel is no longer trustworthy); the orders stand either way,
+/// and a failed or impossible publish [`announce`]s them to the relays.
 fn publish(
     conn: &mut PgConnection,
     publisher: &mut Option<Publisher>,
     committed: &mut [(Placed, Vec<i64>)],
-) -> bool {
+) {
     let Some(active) = publisher else {
-        return false;
+        announce(conn);
+        return;
     };
     let outbox_ids: Vec<i64> = committed
         .iter()
@@ -352,17 +350,14 @@ fn publish(
         .collect();
     if outbox_ids.is_empty() {
         // Replays only: their events were published (or are the relay's).
-        return true;
+        return;
     }
     match relay::publish_committed(conn, active, &outbox_ids) {
         // A replayed order keeps what its first placing recorded.
-        Ok(()) => {
-            committed
-                .iter_mut()
-                .filter(|(_, outbox_ids)| !outbox_ids.is_empty())
-                .for_each(|(placed, _)| placed.published = true);
-            true
-        }
+        Ok(()) => committed
+            .iter_mut()
+            .filter(|(_, outbox_ids)| !outbox_ids.is_empty())
+            .for_each(|(placed, _)| placed.published = true),
         Err(error) => {
             for (placed, _) in committed.iter().filter(|(placed, _)| !placed.replayed) {
                 tracing::warn!(
@@ -374,7 +369,7 @@ fn publish(
             if let Some(broken) = publisher.take() {
                 broken.close();
             }
-            false
+            announce(conn);
         }
     }
 }
@@ -419,9 +414,7 @@ impl<'a> Window<'a> {
             self.lost_at = None;
         }
         let had_publisher = self.publisher.is_some();
-        if !publish(conn, &mut self.publisher, &mut self.pending) {
-            announce(conn);
-        }
+        publish(conn, &mut self.publisher, &mut self.pending);
         if had_publisher && self.publisher.is_none() {
             self.lost_at = Some(Instant::now());
         }

@@ -9,9 +9,9 @@
 //! and one confirm wait per round instead of per request — and one NOTIFY
 //! per round, sent in that transaction, which wakes the live feed for all
 //! of its orders (the requests commit without one; a round that failed
-//! wakes the relays too). More threads were measured to cost more CPU per request
-//! (more, smaller rounds) and so fewer requests per second on a busy
-//! machine.
+//! wakes the relays too). More threads were measured to cost more CPU per
+//! request (more, smaller rounds) and so fewer requests per second on a
+//! busy machine.
 //!
 //! Nothing changes about what is guaranteed: the events were committed
 //! with their order before they are queued here; a failed or skipped
@@ -119,8 +119,9 @@ fn run(database_url: &Url, publishers: &PublisherPool, jobs: &Receiver<Job>) {
 }
 
 /// Publishes the rows under one confirm wait and marks them published,
-/// which wakes the live feed, or announces them if that failed. A failure is logged and drops the publisher and
-/// the connection (either may be what broke); the rows stay for the relay.
+/// which wakes the live feed, or announces them if that failed. A failure
+/// is logged and drops the publisher and the connection (either may be
+/// what broke); the rows stay for the relay.
 fn publish_round(
     database_url: &Url,
     publishers: &PublisherPool,
