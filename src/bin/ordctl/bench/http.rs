@@ -6,8 +6,8 @@
 //!
 //! wrk is closed-loop: a connection sends its next request when the
 //! previous answer arrived. The constant rate comes from its Lua `delay()`
-//! hook, a pause per connection before each request, sized from a short
-//! pilot run so that connections × 1 / (pause + latency) is the target rate.
+//! hook, a pause per connection before each request, sized from two short
+//! pilot runs so that connections × 1 / (pause + latency) is the target rate.
 //! The achieved rate is what wrk counted, not the target.
 
 use std::io::Write;
@@ -124,16 +124,17 @@ impl HttpLoad<'_> {
                 .tempfile()?;
             script.as_file().write_all(SCRIPT.as_bytes())?;
             let script = script.path();
-            // The pause that makes the target rate with this latency.
+            // The pause that makes the target rate: sized from a pilot at a
+            // lower rate, then again from a pilot at that pause, whose
+            // latency is the target load's — a pause sized from the first
+            // alone offers less than the target once the latency rises.
             let cycle_ms = f64::from(self.connections) * 1000.0 / self.rate;
-            let pilot = self.wrk(
-                &url,
-                script,
-                self.connections,
-                self.secs.min(3.0),
-                cycle_ms as u64,
-            )?;
-            let pause_ms = (cycle_ms - pilot.p50_ms).max(0.0).round() as u64;
+            let pilot_secs = self.secs.min(3.0);
+            let mut pause_ms = cycle_ms.max(0.0) as u64;
+            for _ in 0..2 {
+                let pilot = self.wrk(&url, script, self.connections, pilot_secs, pause_ms)?;
+                pause_ms = pause_for(self.rate, &pilot);
+            }
             tracing::info!(
                 "HTTP: POST /orders at {:.0}/s for {}s ({} connections, {pause_ms} ms apart)",
                 self.rate,
@@ -231,6 +232,20 @@ impl HttpLoad<'_> {
     }
 }
 
+/// The pause per connection that offers `rate` requests/s, from what a
+/// run with its own pause achieved: a connection's cycle is its pause plus
+/// the time a request took, the latter being what that run's rate leaves
+/// once its pause is taken off. Rounded down: wrk pauses in whole
+/// milliseconds, and a rate just above the target beats one just below.
+fn pause_for(rate: f64, run: &LoadRun) -> u64 {
+    let cycle_ms = f64::from(run.connections) * 1000.0 / rate;
+    if run.per_sec <= 0.0 {
+        return cycle_ms as u64;
+    }
+    let took_ms = f64::from(run.connections) * 1000.0 / run.per_sec - run.pause_ms as f64;
+    (cycle_ms - took_ms.max(0.0)).max(0.0).floor() as u64
+}
+
 /// `ordctl serve` on a free loopback port, stopped with SIGTERM.
 struct Server {
     child: Child,
@@ -289,5 +304,38 @@ impl Server {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(connections: u16, pause_ms: u64, per_sec: f64) -> LoadRun {
+        LoadRun {
+            connections,
+            secs: 3.0,
+            pause_ms,
+            requests: (per_sec * 3.0) as u64,
+            per_sec,
+            errors: 0,
+            p50_ms: 0.0,
+            p90_ms: 0.0,
+            p99_ms: 0.0,
+            max_ms: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_pause_leaves_room_for_the_latency_the_pilot_saw() {
+        // 50 connections, 34 ms apart, achieved 909/s: a request took 21 ms,
+        // so 1,000/s needs 29 ms between requests.
+        assert_eq!(pause_for(1000.0, &run(50, 34, 909.1)), 29);
+        // A pilot already at the target keeps its pause.
+        assert_eq!(pause_for(1000.0, &run(50, 30, 1000.0)), 30);
+        // Requests slower than the cycle: no pause at all.
+        assert_eq!(pause_for(1000.0, &run(50, 10, 500.0)), 0);
+        // Nothing achieved: the whole cycle.
+        assert_eq!(pause_for(1000.0, &run(50, 10, 0.0)), 50);
     }
 }
