@@ -20,10 +20,11 @@ use crate::messaging::topology::Topology;
 use crate::send_rate::SendRate;
 use crate::shutdown::{Activity, Shutdown};
 
-/// Slots per consumer when `--concurrency` is not given. 16 fills two
-/// cores: fewer leave them waiting on round trips, more only add
-/// connections (BENCHMARKS.md).
-pub const DEFAULT_CONCURRENCY: u16 = 16;
+/// Slots per consumer when `--concurrency` is not given. 8 fills two
+/// cores: fewer leave them waiting on round trips; more only add
+/// connections and smaller batches, and 16 drained 10 % fewer emails/s
+/// than 8 in six paired runs (BENCHMARKS.md).
+pub const DEFAULT_CONCURRENCY: u16 = 8;
 
 /// SMTP connections a worker opens at most when `--smtp-connections` is
 /// not given (see [`WorkerOptions::smtp_connections`]).
