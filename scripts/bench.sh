@@ -3,6 +3,8 @@
 #   e.g. scripts/bench.sh --orders 20000 --concurrency 4 --json
 #        scripts/bench.sh --http-only   (just `ordctl serve` under wrk)
 #        scripts/bench.sh --replay-only (just replay-dlq moving a backlog)
+#        scripts/bench.sh --latency-only [--latency-rate R]
+#            (just commit → SMTP 250 at half the sustained rate, or at R)
 #        scripts/bench.sh --cluster [--cluster-only]
 #            (also the queue types side by side: classic and quorum on one
 #            node, quorum on the local three-node cluster, which

@@ -247,7 +247,7 @@ const OUTAGE_PAUSE_MAX: Duration = Duration::from_secs(10);
 /// [`Handler::durable`] — one disk flush and one ack for all of them. They
 /// are handled in order, and a shutdown or crash returns the unacked ones
 /// to the queue.
-const PREFETCH_PER_SLOT: u16 = 16;
+pub const PREFETCH_PER_SLOT: u16 = 16;
 /// A slot acks what it handled once no message came for this long.
 const ACK_WHEN_QUIET: Duration = Duration::from_millis(100);
 

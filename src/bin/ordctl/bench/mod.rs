@@ -31,6 +31,7 @@ use ordctl::db::{self, PgPool};
 use ordctl::domain::{Namespace, UserId};
 use ordctl::error::InvalidInput;
 use ordctl::messaging::{self, topology::Topology, Brokers};
+use ordctl::pipeline::worker::DEFAULT_CONCURRENCY;
 use ordctl::shutdown::Shutdown;
 use serde::Serialize;
 
@@ -85,6 +86,9 @@ pub struct Options {
     pub http_only: bool,
     /// Only the replay-dlq section (and its raw RabbitMQ figure).
     pub replay_only: bool,
+    /// Only the latency section (the sustained rate, unless `latency_rate`
+    /// is given, and the latency phase).
+    pub latency_only: bool,
     /// The nodes of a cluster: adds the queue-type section (classic and
     /// quorum on one node, quorum on the cluster).
     pub cluster: Option<Brokers>,
@@ -386,6 +390,10 @@ fn measure_all(
         queues::section(&bench, cluster, &mut report)?;
         return Ok(report);
     }
+    if options.latency_only {
+        latency_section(&bench, &mut report)?;
+        return Ok(report);
+    }
     let raw_queue = scratch.raw_queue.as_deref().expect("the scratch raw queue");
     if options.replay_only {
         raw::declare_queue(&settings.amqp_url, raw_queue)?;
@@ -595,6 +603,31 @@ fn default_worker_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Res
     let n = bench.options.orders;
     let pipeline = bench.pipeline();
     let c = bench.max_concurrency();
+    // What PostgreSQL alone allows a drain: the worker's database work
+    // with as many threads as the default worker has slots on the two
+    // consumers that take every order.
+    let threads = 2 * DEFAULT_CONCURRENCY;
+    tracing::info!(
+        "PostgreSQL alone: the worker's database work for {n} orders, {threads} threads"
+    );
+    let database = pipeline
+        .database_work(&bench.user_ids, n, threads)
+        .context("measuring the worker's database work alone")?;
+    tracing::info!(
+        "PostgreSQL alone: {:.0} orders/s, {:.0}% of the CPU busy",
+        database.per_sec,
+        database.cpu_busy * 100.0
+    );
+    let database_name = "PostgreSQL alone";
+    report.figures.push(Figure::plain(
+        format!(
+            "{database_name}: the worker's database work per order, {threads} threads \
+             (no broker, SMTP or Redis)"
+        ),
+        database.per_sec,
+        "orders/s",
+    ));
+    bench.interrupted()?;
     pipeline.place(n, c).context("placing orders")?;
     let drain = drain_with(bench, WorkerFlags::default(), "(defaults)", report)?;
     report.figures.push(
@@ -603,6 +636,7 @@ fn default_worker_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Res
             drain.rate.per_sec,
             "emails/s",
         )
+        .versus(database_name, database.per_sec, None)
         .at_least(DEFAULT_DRAIN_TARGET),
     );
     let best = report
@@ -617,6 +651,7 @@ fn default_worker_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Res
             best,
             "emails/s",
         )
+        .versus(database_name, database.per_sec, None)
         .at_least(BEST_DRAIN_TARGET),
     );
     report.default_worker = Some(drain);
@@ -629,25 +664,31 @@ fn default_worker_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Res
 fn latency_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()> {
     let n = bench.options.orders;
     let c = bench.max_concurrency();
-    tracing::info!(
-        "pipeline: {n} orders placed one by one from {c} threads while `ordctl worker` drains them"
-    );
-    let (end_to_end, run) = bench
-        .pipeline()
-        .sustained(&bench.user_ids, n, c)
-        .context("measuring the sustained rate")?;
-    report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(mib(run.peak_rss_kib));
-    let sustained = end_to_end.per_sec;
-    report.figures.push(Figure::plain(
-        "sustained end to end: placed and emailed, worker defaults",
-        sustained,
-        "orders/s",
-    ));
-    bench.interrupted()?;
-    let rate = bench
-        .options
+    let options = bench.options;
+    // `--latency-only --latency-rate R` measures the latency phase alone.
+    let sustained = if options.latency_only && options.latency_rate.is_some() {
+        None
+    } else {
+        tracing::info!(
+            "pipeline: {n} orders placed one by one from {c} threads while `ordctl worker` drains them"
+        );
+        let (end_to_end, run) = bench
+            .pipeline()
+            .sustained(&bench.user_ids, n, c)
+            .context("measuring the sustained rate")?;
+        report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(mib(run.peak_rss_kib));
+        report.figures.push(Figure::plain(
+            "sustained end to end: placed and emailed, worker defaults",
+            end_to_end.per_sec,
+            "orders/s",
+        ));
+        bench.interrupted()?;
+        Some(end_to_end.per_sec)
+    };
+    let rate = options
         .latency_rate
-        .unwrap_or(sustained / 2.0)
+        .or(sustained.map(|sustained| sustained / 2.0))
+        .unwrap_or(1.0)
         .max(1.0);
     let secs = bench.options.latency_secs;
     tracing::info!(
@@ -659,14 +700,15 @@ fn latency_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()>
         .context("measuring latency")?;
     report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(mib(run.peak_rss_kib));
     let figures = &mut report.figures;
-    figures.push(
-        Figure::plain(
-            "offered load for latency (achieved)",
-            latency.achieved_per_sec,
-            "orders/s",
-        )
-        .versus("sustained", sustained, None),
+    let offered = Figure::plain(
+        "offered load for latency (achieved)",
+        latency.achieved_per_sec,
+        "orders/s",
     );
+    figures.push(match sustained {
+        Some(sustained) => offered.versus("sustained", sustained, None),
+        None => offered,
+    });
     let to_250 = &latency.commit_to_smtp_250_ms;
     figures.push(Figure::plain("commit → SMTP 250, p50", to_250.p50, "ms").at_most(P50_TARGET_MS));
     figures.push(Figure::plain("commit → SMTP 250, p95", to_250.p95, "ms"));

@@ -15,11 +15,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Timestamptz};
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+use ordctl::cache::ProductCache;
 use ordctl::config::Settings;
-use ordctl::db::{self, PgPool};
+use ordctl::consumers::delivery::{self, Delivery, Effects};
+use ordctl::consumers::notifications::{self, Notifier};
+use ordctl::consumers::payments::{Gateway, Payments};
+use ordctl::consumers::{Consume, Logged};
+use ordctl::db::{self, outbox, LazyDb, PgPool};
 use ordctl::domain::{Currency, Money, NewOrder, UserId};
 use ordctl::fanout::fan_out;
+use ordctl::messaging::consumer::{Message, PREFETCH_PER_SLOT};
 use ordctl::messaging::{self, publisher::Publisher, topology::Topology};
 use ordctl::pipeline::place_order::{self, Bulk, BulkContents, Users};
 use ordctl::pipeline::worker::DEFAULT_CONCURRENCY;
@@ -141,6 +147,107 @@ impl Pipeline<'_> {
         rate.secs = summary.elapsed_secs;
         rate.per_sec = summary.orders_per_sec;
         Ok(rate)
+    }
+
+    /// The database work `ordctl worker` does for `count` orders, and
+    /// nothing else: no broker, no SMTP server, no Redis. The orders are
+    /// placed first (their events marked published, as place-order would),
+    /// then `threads` threads take them in batches of the most a slot
+    /// handles at once, making the worker's own library calls for each
+    /// batch: the payments consumer's handler (delivery-log rows, payments,
+    /// the orders' `paid` status, `payment.succeeded`), the notifications
+    /// consumer's delivery step with an email that costs nothing (its
+    /// delivery-log rows and attempts), the relay's claim of the events the
+    /// payments wrote, and the flush before an ack. What PostgreSQL alone
+    /// allows a drain on this machine.
+    pub fn database_work(
+        &self,
+        user_ids: &[UserId],
+        count: u64,
+        threads: u16,
+    ) -> anyhow::Result<Rate> {
+        let mut conn = db::connect(&self.settings.database_url)?;
+        let first_id = max_order_id(&mut conn)?;
+        fan_out(threads, count, &|| Ok(self.pool.get()?), &|conn, items| {
+            while let Some(n) = items.take() {
+                let user = user_ids[n as usize % user_ids.len()];
+                let order = NewOrder::for_amount(user, amount(), Currency::default());
+                place_order::place(conn, &mut None, &order)?;
+            }
+            Ok(())
+        })
+        .context("placing the orders")?;
+        #[derive(QueryableByName)]
+        struct Body {
+            #[diesel(sql_type = Text)]
+            payload: String,
+        }
+        let bodies: Vec<Body> = diesel::sql_query(
+            "UPDATE outbox SET published_at = now() WHERE order_id > $1 AND published_at IS NULL \
+             RETURNING payload::text AS payload",
+        )
+        .bind::<BigInt, _>(first_id)
+        .load(&mut conn)?;
+        let batches: Vec<&[Body]> = bodies.chunks(usize::from(PREFETCH_PER_SLOT)).collect();
+
+        let db = LazyDb::connect(&self.settings.database_url, u32::from(threads))?;
+        let payments = Logged::boxed(
+            &db,
+            Payments {
+                gateway: Gateway { fail_rate: 0.0 },
+                products: Arc::new(ProductCache::new(
+                    &self.settings.redis_url,
+                    self.settings.namespace.clone(),
+                    1,
+                )?),
+            },
+        );
+        let stopwatch = Stopwatch::start();
+        fan_out(threads, batches.len() as u64, &|| Ok(()), &|_, items| {
+            while let Some(n) = items.take() {
+                let batch = batches[n as usize];
+                let messages: Vec<Message<'_>> = batch
+                    .iter()
+                    .map(|body| Message {
+                        body: body.payload.as_bytes(),
+                        message_id: None,
+                        attempt: 1,
+                        span: tracing::Span::none(),
+                    })
+                    .collect();
+                for result in payments.handle(&messages) {
+                    result.map_err(|error| anyhow::anyhow!("payments: {error}"))?;
+                }
+                let deliveries = batch
+                    .iter()
+                    .map(|body| {
+                        let event = Notifier::parse(body.payload.as_bytes())
+                            .map_err(|error| anyhow::anyhow!("{error}"))?;
+                        let (event_id, order_id) = Notifier::keys(&event);
+                        Ok(Delivery {
+                            event_id,
+                            consumer: notifications::SPEC.name,
+                            order_id,
+                            message_id: Notifier::message_id(&event),
+                            attempt: 1,
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let mut emails = |_: &mut PgConnection, which: &[usize]| {
+                    Ok(which.iter().map(|_| "250 2.0.0 Ok".to_string()).collect())
+                };
+                for outcome in delivery::once_each(&db, &deliveries, Effects::Writes(&mut emails)) {
+                    outcome.map_err(|error| anyhow::anyhow!("notifications: {error}"))?;
+                }
+                db.get()?.transaction(|conn| {
+                    outbox::claim_unpublished(conn, i64::from(PREFETCH_PER_SLOT)).map(drop)
+                })?;
+                db.durable()?;
+            }
+            Ok(())
+        })
+        .context("the worker's database work")?;
+        Ok(stopwatch.rate(count))
     }
 
     /// Starts `ordctl worker` with `flags` on a backlog of `count` queued
@@ -319,6 +426,9 @@ impl Pipeline<'_> {
     /// worker that is still opening channels and connections would put its
     /// start-up into the first orders' latency.
     fn wait_until_started(&self, worker: &mut Worker, slots: u16) -> anyhow::Result<()> {
+        // Declared here too, as the worker and every publisher do: in a
+        // first phase the worker may not have declared them yet.
+        Publisher::connect(&self.settings.amqp_url, self.topology)?.close();
         let mut connection = messaging::connect(&self.settings.amqp_url)?;
         let channel = connection.open_channel(None)?;
         let deadline = Instant::now() + STALL_TIMEOUT;

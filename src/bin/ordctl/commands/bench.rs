@@ -71,6 +71,11 @@ pub struct Args {
     #[arg(long, conflicts_with = "http_only")]
     replay_only: bool,
 
+    /// Run only the sustained end-to-end rate and the latency phase (with
+    /// --latency-rate, only the latency phase).
+    #[arg(long, conflicts_with_all = ["http_only", "replay_only"])]
+    latency_only: bool,
+
     /// The nodes of a RabbitMQ cluster, comma-separated, as
     /// `scripts/cluster.sh start` prints them: adds the end-to-end drain on
     /// a classic and a quorum queue of the --amqp-url node and on a quorum
@@ -111,6 +116,7 @@ impl Args {
             http_max_connections: self.http_max_connections,
             http_only: self.http_only,
             replay_only: self.replay_only,
+            latency_only: self.latency_only,
             cluster: self
                 .cluster
                 .as_deref()
