@@ -130,7 +130,7 @@ impl HttpLoad<'_> {
             // alone offers less than the target once the latency rises.
             let cycle_ms = f64::from(self.connections) * 1000.0 / self.rate;
             let pilot_secs = self.secs.min(3.0);
-            let mut pause_ms = cycle_ms.max(0.0) as u64;
+            let mut pause_ms = cycle_ms as u64;
             for _ in 0..2 {
                 let pilot = self.wrk(&url, script, self.connections, pilot_secs, pause_ms)?;
                 pause_ms = pause_for(self.rate, &pilot);
