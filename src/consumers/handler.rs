@@ -120,7 +120,8 @@ impl<C: Consume> Logged<C> {
         })
     }
 
-    fn delivery(event: &C::Event, attempt: u32) -> Delivery {
+    /// Which delivery `event` is, as this consumer handles it.
+    pub fn delivery(event: &C::Event, attempt: u32) -> Delivery {
         let (event_id, order_id) = C::keys(event);
         Delivery {
             event_id,

@@ -30,7 +30,7 @@ use ordctl::config::{Settings, SmtpSettings};
 use ordctl::db::{self, PgPool};
 use ordctl::domain::{Namespace, UserId};
 use ordctl::error::InvalidInput;
-use ordctl::messaging::{self, topology::Topology, Brokers};
+use ordctl::messaging::{self, publisher::Publisher, topology::Topology, Brokers};
 use ordctl::pipeline::worker::DEFAULT_CONCURRENCY;
 use ordctl::shutdown::Shutdown;
 use serde::Serialize;
@@ -204,6 +204,13 @@ pub struct WorkerFigures {
     pub peak_rss_mib: f64,
 }
 
+impl WorkerFigures {
+    /// Takes in one more worker process's peak RSS.
+    fn saw(&mut self, peak_rss_mib: f64) {
+        self.peak_rss_mib = self.peak_rss_mib.max(peak_rss_mib);
+    }
+}
+
 /// One row of the table.
 #[derive(Clone, Debug, Serialize)]
 pub struct Figure {
@@ -345,6 +352,10 @@ fn measure_all(
     let mut conn = db::connect(url)?;
     db::run_migrations(&mut conn)?;
     let users = ordctl::pipeline::seed::seed(&mut conn, USERS)?;
+    // The namespace's exchange and queues, as every publisher and worker
+    // declares them: a phase that waits for a worker's consumers on them
+    // may come before anything else has.
+    Publisher::connect(&settings.amqp_url, topology)?.close();
     let max_concurrency = options.concurrencies.iter().copied().max().unwrap_or(1);
     let pool = db::pool(
         url,
@@ -593,7 +604,7 @@ fn drain_with(
         .drain(n, flags)
         .with_context(|| format!("draining with {described}"))?;
     let drain = Drain::new(flags, rate, &run);
-    report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(drain.peak_rss_mib);
+    report.worker.saw(drain.peak_rss_mib);
     bench.interrupted()?;
     Ok(drain)
 }
@@ -676,7 +687,7 @@ fn latency_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()>
             .pipeline()
             .sustained(&bench.user_ids, n, c)
             .context("measuring the sustained rate")?;
-        report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(mib(run.peak_rss_kib));
+        report.worker.saw(mib(run.peak_rss_kib));
         report.figures.push(Figure::plain(
             "sustained end to end: placed and emailed, worker defaults",
             end_to_end.per_sec,
@@ -685,11 +696,12 @@ fn latency_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()>
         bench.interrupted()?;
         Some(end_to_end.per_sec)
     };
-    let rate = options
-        .latency_rate
-        .or(sustained.map(|sustained| sustained / 2.0))
-        .unwrap_or(1.0)
-        .max(1.0);
+    let rate = match (options.latency_rate, sustained) {
+        (Some(rate), _) => rate,
+        (None, Some(sustained)) => sustained / 2.0,
+        (None, None) => unreachable!("the sustained rate is measured without --latency-rate"),
+    }
+    .max(1.0);
     let secs = bench.options.latency_secs;
     tracing::info!(
         "pipeline: latency at {rate:.0} orders/s for {secs}s with `ordctl worker` running"
@@ -698,7 +710,7 @@ fn latency_section(bench: &Bench<'_>, report: &mut Report) -> anyhow::Result<()>
         .pipeline()
         .latency(&bench.user_ids, rate, secs)
         .context("measuring latency")?;
-    report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(mib(run.peak_rss_kib));
+    report.worker.saw(mib(run.peak_rss_kib));
     let figures = &mut report.figures;
     let offered = Figure::plain(
         "offered load for latency (achieved)",

@@ -18,8 +18,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 use ordctl::cache::ProductCache;
 use ordctl::config::Settings;
-use ordctl::consumers::delivery::{self, Delivery, Effects};
-use ordctl::consumers::notifications::{self, Notifier};
+use ordctl::consumers::delivery::{self, Effects};
+use ordctl::consumers::notifications::Notifier;
 use ordctl::consumers::payments::{Gateway, Payments};
 use ordctl::consumers::{Consume, Logged};
 use ordctl::db::{self, outbox, LazyDb, PgPool};
@@ -168,15 +168,7 @@ impl Pipeline<'_> {
     ) -> anyhow::Result<Rate> {
         let mut conn = db::connect(&self.settings.database_url)?;
         let first_id = max_order_id(&mut conn)?;
-        fan_out(threads, count, &|| Ok(self.pool.get()?), &|conn, items| {
-            while let Some(n) = items.take() {
-                let user = user_ids[n as usize % user_ids.len()];
-                let order = NewOrder::for_amount(user, amount(), Currency::default());
-                place_order::place(conn, &mut None, &order)?;
-            }
-            Ok(())
-        })
-        .context("placing the orders")?;
+        self.place_paced(user_ids, count, f64::INFINITY, threads, false)?;
         #[derive(QueryableByName)]
         struct Body {
             #[diesel(sql_type = Text)]
@@ -223,14 +215,7 @@ impl Pipeline<'_> {
                     .map(|body| {
                         let event = Notifier::parse(body.payload.as_bytes())
                             .map_err(|error| anyhow::anyhow!("{error}"))?;
-                        let (event_id, order_id) = Notifier::keys(&event);
-                        Ok(Delivery {
-                            event_id,
-                            consumer: notifications::SPEC.name,
-                            order_id,
-                            message_id: Notifier::message_id(&event),
-                            attempt: 1,
-                        })
+                        Ok(Logged::<Notifier>::delivery(&event, 1))
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let mut emails = |_: &mut PgConnection, which: &[usize]| {
@@ -280,7 +265,7 @@ impl Pipeline<'_> {
         let mut worker = self.spawn_worker(WorkerFlags::default())?;
         self.wait_until_started(&mut worker, DEFAULT_CONCURRENCY)?;
         let stopwatch = Stopwatch::start();
-        self.place_paced(user_ids, count, f64::INFINITY, concurrency)?;
+        self.place_paced(user_ids, count, f64::INFINITY, concurrency, true)?;
         let last = self.wait_until_sent(&mut worker, first_id, count)?;
         let rate = stopwatch.rate_until(count, last);
         Ok((rate, worker.finish()?))
@@ -302,13 +287,13 @@ impl Pipeline<'_> {
         // need them; one that has been running has them.
         let warm_up = ((per_sec * WARM_UP_SECS).round() as u64).max(1);
         let first_id = max_order_id(&mut conn)?;
-        self.place_paced(user_ids, warm_up, per_sec, placers(per_sec))?;
+        self.place_paced(user_ids, warm_up, per_sec, placers(per_sec), true)?;
         self.wait_until_sent(&mut worker, first_id, warm_up)?;
 
         let first_id = max_order_id(&mut conn)?;
         let count = ((per_sec * secs).round() as u64).max(1);
         let stopwatch = Stopwatch::start();
-        self.place_paced(user_ids, count, per_sec, placers(per_sec))?;
+        self.place_paced(user_ids, count, per_sec, placers(per_sec), true)?;
         self.wait_until_sent(&mut worker, first_id, count)?;
         let cpu_busy = stopwatch.rate(count).cpu_busy;
         let run = worker.finish()?;
@@ -376,13 +361,16 @@ impl Pipeline<'_> {
 
     /// Places `count` orders on a fixed schedule, order i at i / `per_sec`
     /// seconds (all at once for an infinite rate), from `concurrency` threads (an open loop: a slow order does
-    /// not delay the next one's start unless every thread is busy).
+    /// not delay the next one's start unless every thread is busy). With
+    /// `publish`, each order's event is published after its commit, as
+    /// place-order does; without, it stays unpublished in the outbox.
     fn place_paced(
         &self,
         user_ids: &[UserId],
         count: u64,
         per_sec: f64,
         concurrency: u16,
+        publish: bool,
     ) -> anyhow::Result<()> {
         anyhow::ensure!(!user_ids.is_empty(), "the benchmark database has no users");
         // The schedule starts once every placer is connected (fan_out
@@ -390,8 +378,10 @@ impl Pipeline<'_> {
         let started = OnceLock::new();
         let setup = || -> anyhow::Result<_> {
             let conn = self.pool.get()?;
-            let publisher = Publisher::connect(&self.settings.amqp_url, self.topology)?;
-            Ok((conn, Some(publisher)))
+            let publisher = publish
+                .then(|| Publisher::connect(&self.settings.amqp_url, self.topology))
+                .transpose()?;
+            Ok((conn, publisher))
         };
         fan_out(concurrency, count, &setup, &|(conn, publisher), items| {
             let started = *started.get_or_init(Instant::now);
@@ -426,9 +416,6 @@ impl Pipeline<'_> {
     /// worker that is still opening channels and connections would put its
     /// start-up into the first orders' latency.
     fn wait_until_started(&self, worker: &mut Worker, slots: u16) -> anyhow::Result<()> {
-        // Declared here too, as the worker and every publisher do: in a
-        // first phase the worker may not have declared them yet.
-        Publisher::connect(&self.settings.amqp_url, self.topology)?.close();
         let mut connection = messaging::connect(&self.settings.amqp_url)?;
         let channel = connection.open_channel(None)?;
         let deadline = Instant::now() + STALL_TIMEOUT;

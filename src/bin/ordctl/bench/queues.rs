@@ -46,7 +46,7 @@ pub(super) fn section(
         let measured = measure(bench, &settings, setup);
         Scratch::new(&settings, None).remove_namespace();
         let (place, drain) = measured?;
-        report.worker.peak_rss_mib = report.worker.peak_rss_mib.max(drain.peak_rss_mib);
+        report.worker.saw(drain.peak_rss_mib);
         report.figures.push(Figure::plain(
             format!("place rate, {setup}"),
             place.per_sec,
